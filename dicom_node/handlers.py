@@ -30,6 +30,7 @@ from dicom_node.errors import CannotUnderstand, DataSetMismatch, OutOfResources,
 from dicom_node.logs import bind, bind_thread
 from dicom_node.metrics import Metrics
 from dicom_node.receiver import ReceivedInstance, Receiver, StoreOutcome
+from dicom_node.scu import no_delay
 from dicom_node.spool import short_hash
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class StoreSCPHandlers:
 
     def handlers(self) -> list[evt.EventHandlerType]:
         return [
+            (evt.EVT_CONN_OPEN, no_delay),
             (evt.EVT_REQUESTED, self.on_requested),
             (evt.EVT_C_STORE, self._bound(self.on_c_store)),
             (evt.EVT_C_ECHO, self._bound(self.on_c_echo)),

@@ -7,6 +7,7 @@ response status is checked.
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -58,6 +59,26 @@ class SendResult:
         return self.status is None or self.status >> 8 == 0xA7
 
 
+def no_delay(event: evt.Event) -> None:
+    """EVT_CONN_OPEN: turn Nagle's algorithm off on the association's socket.
+
+    A DIMSE exchange ends each message with a small PDU and then waits for the answer;
+    with Nagle on, that PDU waits for the peer's delayed ACK (40 ms on Linux), twice per
+    C-STORE. Measured on loopback: 5 result objects to storescp in 0.30 s with it, 0.09 s
+    without. Both sides need it; DCMTK tools turn it off when TCP_NODELAY=1 is set.
+    """
+    transport = event.assoc.dul.socket
+    sock = transport.socket if transport is not None else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _associate(ae: AE, peer: PeerInfo) -> Association:
+    return ae.associate(
+        peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)]
+    )
+
+
 def _make_ae(local_ae_title: str, timeouts: Timeouts) -> AE:
     ae = AE(local_ae_title)
     ae.acse_timeout = timeouts.acse
@@ -72,7 +93,7 @@ def echo(peer: PeerInfo, local_ae_title: str, timeouts: Timeouts = Timeouts()) -
     ae = _make_ae(local_ae_title, timeouts)
     ae.add_requested_context(Verification)
     started = time.perf_counter()
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+    assoc = _associate(ae, peer)
     if not assoc.is_established:
         raise DeliveryError(_association_failure(peer, assoc))
     try:
@@ -114,7 +135,7 @@ def send(
     if sendable:
         ae = _make_ae(local_ae_title, timeouts)
         ae.requested_contexts = contexts
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        assoc = _associate(ae, peer)
         if not assoc.is_established:
             raise DeliveryError(_association_failure(peer, assoc))
         try:

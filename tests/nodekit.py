@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import time
@@ -17,6 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node.dispatch import Dispatcher
 from dicom_node.models import Study
 from dicom_node.server import Node
+
+#: DCMTK peers with Nagle's algorithm off, as the node has it (see dicom_node.scu.no_delay):
+#: with it on, each C-STORE waits twice for a delayed ACK.
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
 def free_port() -> int:
@@ -93,6 +98,7 @@ def storescu(
         text=True,
         timeout=120,
         check=False,
+        env=DCMTK_ENV,
     )
 
 
@@ -111,6 +117,7 @@ class StoreSCP:
             ["storescp", "-aet", self.ae_title, "+xa", "-od", str(self.folder), str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=DCMTK_ENV,
         )
         wait_port(self.port, timeout=10)
         return self

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +18,12 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
-from pynetdicom import AE
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
 from dicom_node.models import Analysis, AnalysisState, Instance, StudyState
+from dicom_node.scu import no_delay
 
 pytestmark = pytest.mark.integration
 
@@ -253,5 +256,25 @@ def test_force_complete_ceiling_without_release(start_node: StartNode, tmp_path:
         study = node.wait_for_study(ds.StudyInstanceUID, lambda s: s.state is StudyState.QUEUED)
         assert study.released_at is None
         assert assoc.is_established
+    finally:
+        assoc.release()
+
+
+def test_node_and_its_scu_turn_nagle_off(start_node: StartNode) -> None:
+    """Both ends of an association with the node send without Nagle's delay: the node's
+    accepted socket, and the socket of an association the node's SCU opens."""
+    node = start_node()
+    ae = AE("STORESCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(
+        "127.0.0.1", node.port, ae_title="GAZEX", evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)]
+    )
+    assert assoc.is_established
+    try:
+        client = assoc.dul.socket.socket
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        accepted = [a.dul.socket.socket for a in node.node.ae.active_associations]
+        assert accepted
+        assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1 for s in accepted)
     finally:
         assoc.release()
