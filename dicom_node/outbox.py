@@ -208,8 +208,17 @@ def _studies_of(session: Session, item_ids: list[int]) -> dict[int, tuple[str, d
 
 
 def mark_done_if_finished(session: Session, analysis: Analysis) -> None:
-    """The study is done once every result is delivered and the HL7 message acknowledged."""
+    """The study is done once every result is delivered and the HL7 message acknowledged.
+
+    The delivery and the notification finish in separate transactions, often at the same
+    moment. Each first writes its own outcome, then takes the analysis row's lock and
+    checks the other's: the second to get the lock reads the first's committed outcome, so
+    one of them always marks the study done (without the lock, under PostgreSQL's READ
+    COMMITTED, each saw the other unfinished and the study stayed "analysed"). SQLite
+    serialises the writers already.
+    """
     session.flush()
+    session.execute(select(Analysis.id).where(Analysis.id == analysis.id).with_for_update())
     pending = session.scalar(
         select(OutboxItem.id).where(
             OutboxItem.analysis_id == analysis.id, OutboxItem.state != OutboxState.SENT
