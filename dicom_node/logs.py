@@ -98,6 +98,10 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+#: Libraries that log at INFO per PDU, per C-STORE or per copied DICOM module.
+_CHATTY_LIBRARIES = ("pynetdicom", "highdicom")
+
+
 def configure_logging(
     log: LogSettings | None = None,
     *,
@@ -129,6 +133,9 @@ def configure_logging(
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else log.level)
+    for name in _CHATTY_LIBRARIES:
+        # Our own lines already say what matters once per association and per object.
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else logging.WARNING)
     return handler
 
 

@@ -22,6 +22,7 @@ from sr_templates.build import (
     build_all,
     build_findings_sr,
     build_gsps,
+    build_trajectory_sr,
     grounded_findings,
     voi_window,
 )
@@ -122,6 +123,25 @@ def test_uids_depend_on_model_version_and_source() -> None:
     assert object_uids(other, kind).SOPInstanceUID != base.SOPInstanceUID
     with pytest.raises(ValueError, match="revision"):
         object_uids(result, kind, revision=0)
+
+
+def test_srs_list_the_source_as_evidence_and_keep_their_typed_content() -> None:
+    """Each SR's evidence is exactly the analysed image, and the built object's ``.content``
+    is the whole tree that was written (the SR is assembled around a lighter root)."""
+    ds = f.make_source()
+    result = f.make_result(ds)
+    for sr in (build_findings_sr(result, ds), build_trajectory_sr(result, ds)):
+        assert sr is not None
+        [evidence] = sr.CurrentRequestedProcedureEvidenceSequence
+        assert evidence.StudyInstanceUID == ds.StudyInstanceUID
+        [series] = evidence.ReferencedSeriesSequence
+        assert series.SeriesInstanceUID == ds.SeriesInstanceUID
+        [image] = series.ReferencedSOPSequence
+        assert image.ReferencedSOPInstanceUID == ds.SOPInstanceUID
+        assert "PertinentOtherEvidenceSequence" not in sr
+        [root] = sr.content
+        assert len(root.ContentSequence) == len(sr.ContentSequence) > 1
+        assert root.ContentSequence[-1] is sr.ContentSequence[-1]
 
 
 def test_builders_refuse_a_source_that_is_not_the_analysed_image() -> None:
