@@ -324,6 +324,12 @@ class GazeXModel(nn.Module):
         embeddings: torch.Tensor = self.vlm.get_input_embeddings()(input_ids)
         return embeddings
 
+    def input_embeddings(self) -> torch.Tensor:
+        """The token embedding matrix (vocab, d), shared with the LM head when tied."""
+        embeddings: Any = self.vlm.get_input_embeddings()
+        weight: torch.Tensor = embeddings.weight
+        return weight
+
     def image_features(
         self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor
     ) -> list[torch.Tensor]:
@@ -369,11 +375,19 @@ class GazeXModel(nn.Module):
         return logits
 
     def gaze_outputs(
-        self, h_st: torch.Tensor, h_img: torch.Tensor, img_mask: torch.Tensor
+        self,
+        h_st: torch.Tensor,
+        h_img: torch.Tensor,
+        img_mask: torch.Tensor,
+        keys: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pointer logits (B, K, N), region, step and timing at the ``<st>`` states."""
+        """Pointer logits (B, K, N), region, step and timing at the ``<st>`` states.
+
+        ``keys`` is ``gaze_key(h_img)`` when the caller already has it (token-by-token
+        inference computes it once per image, not once per ``<st>``).
+        """
         q = self.gaze_query(h_st)
-        k = self.gaze_key(h_img)
+        k = self.gaze_key(h_img) if keys is None else keys
         logits = torch.einsum("bkd,bnd->bkn", q, k) / math.sqrt(self.hidden_size)
         logits = logits.masked_fill(~img_mask[:, None, :], float("-inf"))
         return logits, self.region_head(h_st), self.step_head(h_st), self.timing_head(h_st)

@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument("--gaze-epochs", type=int, default=2, help="gaze-stage epochs")
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lr", type=float, default=1.5e-3)
+    train.add_argument(
+        "--finding-weight", type=float, default=1.0, help="weight of the finding loss (default 1)"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--size", choices=SIZES, default="small")
     train.add_argument("--gaze-mode", choices=GAZE_MODE_CHOICES, default="ordered")
@@ -125,6 +128,7 @@ def run_train(args: argparse.Namespace) -> int:
         multitask_epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
+        finding_weight=args.finding_weight,
         seed=args.seed,
         size=TINY if args.size == "tiny" else ModelSize(),
         progress=not args.no_progress,

@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.abcdef import STEPS
+from model.abcdef import STEPS, Step
 from model.architecture import GazeXModel, GazeXSettings
 from model.batching import key_fixations, report_text
 from model.data.sample import GazeSample
+from model.data.supervision import locate_points
 from model.inference import InferenceEngine, RawOutput
 from model.metrics import (
     auroc,
@@ -53,6 +54,8 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("coverage_normal_full", "ABCDEF coverage 100% (normal films)", "{:.1%}"),
     ("coverage_mean", "ABCDEF steps visited (mean)", "{:.1%}"),
     ("order_kendall_tau", "Order agreement (Kendall tau)", "{:.3f}"),
+    ("order_films", "Films with a defined order", "{:.0f}"),
+    ("step_label_matches_anatomy", "Step label = anatomy step", "{:.1%}"),
     ("region_edit_distance", "Region-sequence edit distance (norm.)", "{:.3f}"),
     ("multimatch_vector", "MultiMatch vector", "{:.3f}"),
     ("multimatch_direction", "MultiMatch direction", "{:.3f}"),
@@ -89,6 +92,19 @@ def run_model(
     return engine.run([s.image for s in samples], questions=questions)
 
 
+def looked_at_steps(sample: GazeSample, output: RawOutput) -> list[Step | None]:
+    """The ABCDEF step of where each predicted fixation landed, from the film's anatomy.
+
+    Each fixation's token centre (source pixels) is placed in the ground-truth anatomical
+    boxes by the rule that labels the readers' fixations (:func:`locate_points`); None where
+    it lands in no region or the film has no anatomy. Order agreement uses these steps, not
+    the model's step head, so it is defined for every gaze variant (the ablation's model
+    trained on shuffled gaze gave all its fixations one step label).
+    """
+    points = [output.grid.patch_centre(p) for p in output.patch_indices]
+    return [step for _, step in locate_points(sample, points)]
+
+
 def compute_metrics(
     model: GazeXModel, samples: Sequence[GazeSample], outputs: Sequence[RawOutput]
 ) -> dict[str, Any]:
@@ -122,6 +138,7 @@ def compute_metrics(
     coverage_full: list[bool] = []
     coverage_fraction: list[float] = []
     taus: list[float] = []
+    step_labels: list[float] = []
     edits: list[float] = []
     mm_scores: list[tuple[float, ...]] = []
     for s, o in zip(samples, outputs, strict=True):
@@ -131,7 +148,13 @@ def compute_metrics(
         coverage_fraction.append(len(visited) / len(STEPS))
         if not any(s.labels.values()):
             coverage_full.append(len(visited) == len(STEPS))
-        taus.append(order_agreement(list(o.steps)))
+        looked = looked_at_steps(s, o)
+        taus.append(order_agreement([STEPS.index(step) for step in looked if step is not None]))
+        step_labels.extend(
+            float(0 <= head < len(STEPS) and STEPS[head] is step)
+            for head, step in zip(o.steps, looked, strict=True)
+            if step is not None
+        )
         reader = key_fixations(
             s.fixations, o.grid, settings.num_gaze_tokens or 12, settings.regions
         )
@@ -174,6 +197,8 @@ def compute_metrics(
         "normal_films": len(coverage_full),
         "coverage_mean": _nanmean(coverage_fraction),
         "order_kendall_tau": _nanmean(taus),
+        "order_films": sum(not math.isnan(t) for t in taus),
+        "step_label_matches_anatomy": _nanmean(step_labels),
         "region_edit_distance": _nanmean(edits),
         "multimatch_vector": float(np.nanmean(mm[:, 0])),
         "multimatch_direction": float(np.nanmean(mm[:, 1])),

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch.nn import functional
 
 from model.architecture import GazeXModel, pad_image_tokens
 from model.batching import ImageInput, patchify, prefix_ids, prepare_image
+from model.decoding import DecoderWeights, KVDecoder
 from model.geometry import PatchGrid
 from model.tokenizer import ANSWER, EOS, GAZE, GAZE_END, PAD, QUESTION, REPORT
 
@@ -46,12 +48,12 @@ class RawOutput:
 class _Decoder:
     """Incremental decoding state for one group of images (same grid)."""
 
-    def __init__(self, engine: InferenceEngine, batch: int) -> None:
-        self.engine = engine
-        self.cache: object = None
-        self.attention: torch.Tensor = torch.zeros(batch, 0, dtype=torch.long, device=engine.device)
-        self.next_pos = torch.zeros(batch, dtype=torch.long, device=engine.device)
-        self.all_live = True
+    def __init__(
+        self, weights: DecoderWeights, batch: int, capacity: int, device: torch.device
+    ) -> None:
+        self.weights = weights
+        self.kv = KVDecoder(weights, batch, capacity, device)
+        self.next_pos = torch.zeros(batch, dtype=torch.long, device=device)
 
     def run(
         self,
@@ -63,28 +65,24 @@ class _Decoder:
 
         Masked tokens are invisible to later tokens and do not advance the position, so
         left-padding a prompt with masked tokens leaves each row's sequence intact.
+        ``positions`` (3, B, L) are M-RoPE positions (the image prefix); without them the
+        tokens continue each row's text positions.
         """
         b, length, _ = embeds.shape
-        model = self.engine.model
-        if live is None:
-            live = torch.ones(b, length, dtype=torch.bool, device=embeds.device)
-        elif live.ndim == 1:
+        weights = self.weights
+        if live is not None and live.ndim == 1:
             live = live[:, None].expand(b, length)
-        if positions is None:
-            steps = torch.cumsum(live.long(), dim=1) - 1
-            text = self.next_pos[:, None] + steps.clamp(min=0)
-            positions = text[None].expand(3, b, length)
-        self.attention = torch.cat([self.attention, live.long()], dim=1)
-        self.all_live = self.all_live and bool(live.all())
-        hidden, self.cache = model.decoder(
-            embeds,
-            positions,
-            # While nothing is masked the plain causal mask is the same and cheaper to build.
-            attention_mask=None if self.all_live else self.attention,
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        self.next_pos = self.next_pos + live.long().sum(dim=1)
+        if positions is not None:
+            cos, sin = weights.mrope(positions)
+        else:
+            if live is None:
+                text = self.next_pos[:, None] + torch.arange(length, device=embeds.device)
+            else:
+                steps = torch.cumsum(live.long(), dim=1) - 1
+                text = self.next_pos[:, None] + steps.clamp(min=0)
+            cos, sin = weights.text_rope(text)
+        hidden = self.kv.forward(embeds, cos, sin, live)
+        self.next_pos = self.next_pos + (length if live is None else live.long().sum(dim=1))
         return hidden
 
 
@@ -187,14 +185,20 @@ class InferenceEngine:
                 image_positions[..., None], torch.cat(feats).to(embeds.dtype)
             )
             positions = model.rope_positions(ids, thw, None)
-            state = _Decoder(self, b)
+            k = settings.effective_gaze_tokens
+            n_questions = max((len(q) for q in questions), default=0)
+            capacity = ids.shape[1] + k + 3 + settings.max_report_tokens
+            capacity += n_questions * (32 + settings.max_answer_tokens) if generate_text else 0
+            # Built per call: the weights may have changed since the engine was made (training).
+            weights = DecoderWeights(model.vlm.model.language_model)
+            state = _Decoder(weights, b, capacity, dev)
             hidden = state.run(embeds, positions)
             state.next_pos = positions.amax(dim=(0, 2)) + 1
             h_img = hidden[:, 1 : 1 + n]
             img_mask = torch.ones(b, n, dtype=torch.bool, device=dev)
             rows = torch.arange(b, device=dev)
+            gaze_keys = model.gaze_key(h_img)
 
-            k = settings.effective_gaze_tokens
             chosen: list[torch.Tensor] = []
             gaze_probs, regions, steps, timings = [], [], [], []
             st = model.embed_tokens(torch.full((b, 1), self.ids[GAZE], device=dev))
@@ -203,7 +207,7 @@ class InferenceEngine:
                 if j > 0:
                     x = st + model.gaze_feedback(img_in[rows, chosen[-1]])[:, None, :]
                 h = state.run(x)
-                logits, region, step, timing = model.gaze_outputs(h, h_img, img_mask)
+                logits, region, step, timing = model.gaze_outputs(h, h_img, img_mask, gaze_keys)
                 logits = logits[:, 0]
                 if j > 0:
                     logits = logits.clone()
@@ -226,7 +230,7 @@ class InferenceEngine:
                 reports = self._generate(
                     state, [[self.ids[REPORT]]] * b, settings.max_report_tokens
                 )
-                for j in range(max((len(q) for q in questions), default=0)):
+                for j in range(n_questions):
                     prompts = [
                         [self.ids[QUESTION], *model.codec.encode(q[j]), self.ids[ANSWER]]
                         if j < len(q)
@@ -280,21 +284,27 @@ class InferenceEngine:
             [[False] * (width - len(p)) + [True] * len(p) for p in prompts], device=dev
         )
         hidden = state.run(model.embed_tokens(ids), live=prompt_live)
-        live = torch.tensor([bool(p) for p in prompts], dtype=torch.bool, device=dev)
+        live = [bool(p) for p in prompts]
         tokens: list[list[int]] = [[] for _ in range(b)]
+        embedding = model.input_embeddings()
+        head: torch.Tensor = model.vlm.lm_head.weight
+        head_bias: torch.Tensor | None = model.vlm.lm_head.bias
         for _ in range(max_tokens):
-            if not bool(live.any()):
+            if not any(live):
                 break
-            next_ids = model.lm_logits(hidden[:, -1]).argmax(dim=-1)
-            was_live = live.clone()
-            for i in range(b):
+            next_ids = functional.linear(hidden[:, -1], head, head_bias).argmax(dim=-1)
+            was_live = list(live)
+            for i, token in enumerate(next_ids.tolist()):
                 if live[i]:
-                    token = int(next_ids[i])
                     if token == eos:
                         live[i] = False
                     else:
                         tokens[i].append(token)
-            fed = torch.where(was_live, next_ids, torch.full_like(next_ids, eos))
+            if all(was_live):
+                fed, fed_live = next_ids, None
+            else:
+                mask = torch.tensor(was_live, device=dev)
+                fed, fed_live = torch.where(mask, next_ids, torch.full_like(next_ids, eos)), mask
             # A row that just produced EOS still feeds it: EOS ends the turn in training too.
-            hidden = state.run(model.embed_tokens(fed[:, None]), live=was_live)
+            hidden = state.run(functional.embedding(fed[:, None], embedding), live=fed_live)
         return [model.codec.decode(t) for t in tokens]

@@ -112,7 +112,11 @@ def kendall_tau(x: Sequence[float], y: Sequence[float]) -> float:
 
 
 def order_agreement(step_indices: Sequence[int]) -> float:
-    """Kendall tau between visiting time and canonical ABCDEF position of each fixation."""
+    """Kendall tau-b between visiting time and canonical ABCDEF position of each fixation.
+
+    ``step_indices`` are the positions in ``STEPS`` of the fixations in visiting order;
+    NaN when fewer than two or all on one step (the order is then undefined).
+    """
     if len(step_indices) < 2:
         return float("nan")
     return kendall_tau(list(range(len(step_indices))), list(step_indices))

@@ -55,6 +55,8 @@ class TrainConfig:
     size: ModelSize = field(default_factory=ModelSize)
     vocab_size: int = 1024
     max_vqa: int = 1
+    #: Weight of the finding (multi-label BCE) loss in the multitask stage.
+    finding_weight: float = 1.0
     threads: int | None = None
     log_every: int = 10
     progress: bool = True
@@ -373,6 +375,8 @@ def train(
             )
             with autocast(dev):
                 losses = compute_losses(model, batch, stage)
+                if "finding" in losses and config.finding_weight != 1.0:
+                    losses["finding"] = config.finding_weight * losses["finding"]
             loss = sum(losses.values(), torch.zeros((), device=dev))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -425,6 +429,8 @@ def _config_key(config: TrainConfig, settings: GazeXSettings) -> dict[str, Any]:
     key.pop("progress", None)
     key.pop("threads", None)
     key.pop("log_every", None)
+    if key.get("finding_weight") == 1.0:
+        key.pop("finding_weight")  # the default: states saved before the option still resume
     key["gaze_mode"] = settings.gaze_mode
     key["num_gaze_tokens"] = settings.num_gaze_tokens
     key["max_pixels"] = settings.max_pixels

@@ -17,6 +17,8 @@ All functions take fixations in image pixel SCOORD (see :mod:`model.data.sample`
   (centroid weighted by dwell), ordered by time.
 - :func:`annotate_regions`: region (smallest containing anatomical box) and ABCDEF step for
   every fixation; a fixation on a device box is step F.
+- :func:`locate_points`: the same rule for any image points (evaluation places the model's
+  fixations in the test film's anatomy with it).
 """
 
 from __future__ import annotations
@@ -218,21 +220,41 @@ def annotate_regions(
     Regions come from ``regions`` or the sample's anatomical boxes; a fixation inside a
     device box is step F. Fixations with no containing region keep None.
     """
+    located = locate_points(sample, [(f.x, f.y) for f in sample.fixations], regions)
+    out = [
+        replace(f, region=region, step=step)
+        for f, (region, step) in zip(sample.fixations, located, strict=True)
+    ]
+    return replace(sample, fixations=tuple(out))
+
+
+def locate_points(
+    sample: GazeSample,
+    points: Sequence[tuple[float, float]],
+    regions: Mapping[str, tuple[float, float, float, float]] | None = None,
+) -> list[tuple[str | None, Step | None]]:
+    """Region and ABCDEF step of image points (x, y) from the film's ground-truth anatomy.
+
+    The region is the smallest anatomical box (``regions`` or ``sample.anatomy``) containing
+    the point and the step its default one; a point inside a device box is step F. Points off
+    the image or in no region get ``(None, None)`` (``(None, F)`` on a device). The same rule
+    labels the readers' fixations for training and, in evaluation, where the model looked.
+    """
     regs = (
         dict(regions)
         if regions is not None
         else {b.key: (b.x0, b.y0, b.x1, b.y1) for b in sample.anatomy}
     )
     devices: list[LabeledBox] = [b for b in sample.boxes if FINDINGS_BY_KEY[b.key].device]
-    out = []
-    for f in sample.fixations:
-        on_image = 0 <= f.x < sample.width and 0 <= f.y < sample.height
-        region = region_of_point(f.x, f.y, regs) if on_image else None
+    out: list[tuple[str | None, Step | None]] = []
+    for x, y in points:
+        on_image = 0 <= x < sample.width and 0 <= y < sample.height
+        region = region_of_point(x, y, regs) if on_image else None
         step: Step | None = REGION_STEP.get(region) if region else None
-        if on_image and any(b.contains(f.x, f.y) for b in devices):
+        if on_image and any(b.contains(x, y) for b in devices):
             step = Step.FOREIGN_MATERIAL
-        out.append(replace(f, region=region, step=step))
-    return replace(sample, fixations=tuple(out))
+        out.append((region, step))
+    return out
 
 
 def steps_of(fixations: Sequence[GazeFixation]) -> tuple[Step | None, ...]:

@@ -5,7 +5,9 @@ columns the loader needs, and :class:`Row`, whose typed getters raise
 :class:`DataFormatError` naming the file, the data row (1-based, the header is not
 counted; the file line is row + 1) and the column. Nothing here logs cell values, so no
 patient identifier reaches a log or a message beyond the offending cell of a malformed
-file the user owns.
+file the user owns. MIMIC-Eye keeps each patient's files in a ``patient_<subject_id>``
+folder: a message shows that folder as ``patient_#<hash>``, the first 10 hex digits of the
+SHA-256 of the subject id (see docs/DATA.md for finding the folder again).
 
 Exceptions::
 
@@ -16,17 +18,30 @@ Exceptions::
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 
+_PATIENT_FOLDER = re.compile(r"patient_(\d+)")
+
+
+def _hide_subject(match: re.Match[str]) -> str:
+    return "patient_#" + hashlib.sha256(match.group(1).encode("ascii")).hexdigest()[:10]
+
+
 class DataFormatError(ValueError):
-    """A dataset file that does not have the layout its loader expects."""
+    """A dataset file that does not have the layout its loader expects (no subject id in
+    the message: see the module docstring)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_PATIENT_FOLDER.sub(_hide_subject, message))
 
 
 class Row:

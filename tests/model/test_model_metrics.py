@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
+from model.abcdef import STEPS, Step
+from model.data.supervision import locate_points
+from model.data.synth import generate_sample
+from model.evaluate import looked_at_steps
+from model.geometry import PatchGrid
+from model.inference import RawOutput
 from model.metrics import (
     auroc,
     bleu4,
@@ -78,3 +85,40 @@ def test_multimatch_identical_scanpaths_are_perfect() -> None:
     assert scores is not None
     assert scores == pytest.approx((1.0, 1.0, 1.0, 1.0, 1.0), abs=1e-6)
     assert multimatch(path[:2], path, (400.0, 400.0)) is None
+
+
+def _raw_output(grid: PatchGrid, patch_indices: list[int], steps: list[int]) -> RawOutput:
+    k, n = len(patch_indices), grid.num_patches
+    return RawOutput(
+        grid=grid,
+        patch_indices=patch_indices,
+        regions=[0] * k,
+        steps=steps,
+        dwell_ms=[200.0] * k,
+        gap_ms=[50.0] * k,
+        gaze_probs=np.zeros((k, n), dtype=np.float32),
+        probabilities=np.zeros(12, dtype=np.float32),
+        boxes=np.zeros((12, 4), dtype=np.float32),
+        mask_probs=np.zeros((12, n), dtype=np.float32),
+        report="",
+        answers=[],
+    )
+
+
+def test_order_agreement_follows_where_the_model_looked_not_its_step_labels() -> None:
+    """Tokens visited in ABCDEF order score tau 1 (reversed -1) whatever the step head says."""
+    sample = generate_sample(7, size=256)
+    grid = PatchGrid(Rows=256, Columns=256, grid_h=8, grid_w=8)
+    first_token: dict[Step, int] = {}
+    for index in range(grid.num_patches):
+        ((_, step),) = locate_points(sample, [grid.patch_centre(index)])
+        if step is not None:
+            first_token.setdefault(step, index)
+    ordered = [first_token[s] for s in STEPS if s in first_token]
+    assert len(ordered) >= 4  # the film's anatomy spans most steps at this grid
+    one_label = [0] * len(ordered)  # like a model trained on shuffled gaze
+    forward = _raw_output(grid, ordered, one_label)
+    backward = _raw_output(grid, ordered[::-1], one_label)
+    assert order_agreement([STEPS.index(s) for s in looked_at_steps(sample, forward) if s]) == 1.0
+    assert order_agreement([STEPS.index(s) for s in looked_at_steps(sample, backward) if s]) == -1.0
+    assert math.isnan(order_agreement(one_label))  # the step-head figure was undefined here

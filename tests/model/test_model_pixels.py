@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 from pydicom.dataset import Dataset
 
-from model.pixels import display_image
+from model.pixels import _display_values, display_image, stored_values
 
 
 def test_monochrome1_is_inverted_to_the_monochrome2_picture(
@@ -53,3 +54,36 @@ def test_without_voi_the_full_range_is_used(
     image = display_image(dicom_factory(80, 60))
     assert image.min() == 0.0 and image.max() == 1.0
     assert np.corrcoef(image.ravel(), phantom_image(80, 60).ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize(
+    ("photometric", "bits_stored", "window", "rescale", "signed", "function"),
+    [
+        ("MONOCHROME2", 12, (2048.0, 4096.0), None, False, "LINEAR"),
+        ("MONOCHROME1", 12, (3095.0, 2001.0), (2.0, -1000.0), False, "LINEAR_EXACT"),
+        ("MONOCHROME2", 12, (100.0, 1500.0), None, True, "SIGMOID"),
+        ("MONOCHROME2", 16, (30000.0, 20000.0), (1.0, -1024.0), False, "LINEAR"),
+    ],
+)
+def test_lookup_table_path_matches_the_per_pixel_pipeline(
+    dicom_factory: Callable[..., Dataset],
+    photometric: str,
+    bits_stored: int,
+    window: tuple[float, float],
+    rescale: tuple[float, float] | None,
+    signed: bool,
+    function: str,
+) -> None:
+    """A film large enough for the lookup table displays bit for bit as the per-pixel path."""
+    ds = dicom_factory(
+        640, 512, bits_stored=bits_stored, photometric=photometric, window=window, rescale=rescale
+    )
+    ds.VOILUTFunction = function
+    if signed:
+        ds.PixelRepresentation = 1
+        stored = np.frombuffer(ds.PixelData, dtype=np.uint16) | np.uint16(0x8000)
+        ds.PixelData = stored.tobytes()  # garbage above BitsStored; bit 11 is the sign
+    per_pixel = _display_values(stored_values(ds), ds)
+    image = display_image(ds)
+    assert image.dtype == np.float32 and image.shape == (640, 512)
+    assert np.array_equal(image, per_pixel)

@@ -38,3 +38,20 @@ def test_empty_root_refused(tmp_path: Path) -> None:
     """A folder without patient_* folders is refused."""
     with pytest.raises(DataFormatError, match="patient_"):
         list(load_mimic_eye(tmp_path))
+
+
+def test_errors_name_the_file_without_the_subject_id(
+    tmp_path: Path, small_samples: list[GazeSample]
+) -> None:
+    """A broken file inside a patient folder is named, but its subject id is hashed."""
+    write_mimic_eye(small_samples[:1], tmp_path)
+    patient = next(tmp_path.glob("patient_*"))
+    subject_id = patient.name.removeprefix("patient_")
+    fixations = next(patient.glob("EyeGaze/fixations.csv"))
+    fixations.write_text("not,the,columns\n1,2,3\n", encoding="utf-8")
+    with pytest.raises(DataFormatError) as caught:
+        list(load_mimic_eye(tmp_path))
+    message = str(caught.value)
+    assert "fixations.csv" in message
+    assert "patient_#" in message
+    assert subject_id not in message
