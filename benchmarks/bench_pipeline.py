@@ -3,10 +3,12 @@
 Runs the embedded default (`gazex serve`: SQLite, folder broker, one analysis worker) or the
 distributed set-up with two analysis workers (RabbitMQ + PostgreSQL), sends N synthetic
 2048x2048 DX chest studies one after another (each once the previous one's results have
-arrived) and then all at once (the queue's share shows), and reads per study:
-release time and the model's predict step (database), and the arrival time of the last
-result object at a DCMTK storescp. The transport floor is measured in the same run: the
-same result files sent by DCMTK storescu to DCMTK storescp.
+arrived) and then all at once (the queue's share shows), after one unmeasured study that
+waits for the model to load. It reads per study the release time and each pipeline step
+(database) and the arrival time of the last result object at a DCMTK storescp, and prints
+where the time goes. The transport floor is measured in the same run: the same result
+files sent by DCMTK storescu to DCMTK storescp. Every DCMTK tool runs with TCP_NODELAY=1
+(Nagle off), as the node's own sockets do.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--studies 6] [--checkpoint DIR]
 """
@@ -32,7 +34,7 @@ from model.data.images import write_dicom
 from model.data.synth import generate_sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from nodekit import free_port, wait_port
+from nodekit import DCMTK_ENV, free_port, wait_port
 
 QUIET = 0.5
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -90,6 +92,7 @@ class Run:
                 ["storescp", "-aet", "BENCH", "+xa", "-od", str(self.dest), str(self.dest_port)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
+                env=DCMTK_ENV,
             )
         )
 
@@ -111,17 +114,17 @@ class Run:
         wait_port(self.port)
         wait_port(self.dest_port)
 
-    def send(self, paths: list[Path], parallel: bool) -> None:
+    def send(self, paths: list[Path], parallel: bool, done_before: int = 0) -> None:
         command = ["storescu", "-aet", "BENCH", "-aec", "GAZEX", "127.0.0.1", str(self.port)]
         if parallel:
-            procs = [subprocess.Popen([*command, str(p)]) for p in paths]
+            procs = [subprocess.Popen([*command, str(p)], env=DCMTK_ENV) for p in paths]
             for proc in procs:
                 proc.wait()
         else:
             # One after another: the next study is sent once the previous one's results
             # are at the destination, so the latency is not the queue's.
-            for count, path in enumerate(paths, start=1):
-                subprocess.run([*command, str(path)], check=True)
+            for count, path in enumerate(paths, start=done_before + 1):
+                subprocess.run([*command, str(path)], check=True, env=DCMTK_ENV)
                 self.wait_done(count)
 
     def wait_done(self, studies: int, timeout: float = 900) -> None:
@@ -151,29 +154,51 @@ class Run:
             by_study.setdefault(uid, []).append(path)
         return next(iter(by_study.values()))
 
-    def measurements(self) -> list[tuple[float, float]]:
-        """Per study: (release -> last result at destination, model predict seconds)."""
+    def measurements(self, exclude: Path) -> list[dict[str, float]]:
+        """Per study but the one in ``exclude``, in seconds: release -> last result at the
+        destination ("e2e"), the model's predict step ("model") and the stages between,
+        from the database."""
         from pydicom import dcmread
 
+        excluded = str(dcmread(exclude, stop_before_pixels=True).StudyInstanceUID)
         arrival: dict[str, float] = {}
         for path in self.dest.iterdir():
             uid = str(dcmread(path, stop_before_pixels=True).StudyInstanceUID)
             arrival[uid] = max(arrival.get(uid, 0.0), path.stat().st_mtime)
         engine = create_engine(self.db_url)
         with engine.connect() as conn:
-            rows = conn.execute(
+            studies = conn.execute(
                 text(
-                    'SELECT s."StudyInstanceUID", s.released_at, st.started_at, st.finished_at '
-                    "FROM study s JOIN analysis a ON a.study_id = s.id "
-                    "JOIN step st ON st.analysis_id = a.id WHERE st.name = 'predict'"
+                    'SELECT s."StudyInstanceUID", a.id, s.released_at, s.completed_at, '
+                    "a.finished_at FROM study s JOIN analysis a ON a.study_id = s.id"
                 )
             ).all()
+            steps = conn.execute(
+                text("SELECT analysis_id, name, started_at, finished_at FROM step")
+            ).all()
         engine.dispose()
-        return [
-            (arrival[uid] - _ts(released), _ts(done) - _ts(started))
-            for uid, released, started, done in rows
-            if uid in arrival
-        ]
+        by_analysis: dict[int, dict[str, tuple[float, float]]] = {}
+        for analysis_id, name, started, finished in steps:
+            by_analysis.setdefault(analysis_id, {})[name] = (_ts(started), _ts(finished))
+        rows = []
+        for uid, analysis_id, released, completed, analysed in studies:
+            if uid not in arrival or uid == excluded:
+                continue
+            stage = by_analysis[analysis_id]
+            rows.append(
+                {
+                    "e2e": arrival[uid] - _ts(released),
+                    "model": stage["predict"][1] - stage["predict"][0],
+                    "quiet period": _ts(completed) - _ts(released),
+                    "to the worker": stage["select"][0] - _ts(completed),
+                    "select + read": stage["select"][1] - stage["select"][0],
+                    "build objects": stage["build"][1] - stage["build"][0],
+                    "store objects": stage["store"][1] - stage["store"][0],
+                    "index + outbox": _ts(analysed) - stage["store"][1],
+                    "delivery": arrival[uid] - _ts(analysed),
+                }
+            )
+        return rows
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -200,6 +225,7 @@ def transport_floor(results: list[Path], work: Path) -> float:
         ["storescp", "-aet", "FLOOR", "+xa", "-od", str(out), str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env=DCMTK_ENV,
     )
     try:
         wait_port(port)
@@ -211,6 +237,7 @@ def transport_floor(results: list[Path], work: Path) -> float:
                 ["storescu", "-R", "-aet", "BENCH", "-aec", "FLOOR", "127.0.0.1", str(port)]
                 + [str(p) for p in results],
                 check=True,
+                env=DCMTK_ENV,
             )
             times.append(time.perf_counter() - started)
         return statistics.median(times)
@@ -228,24 +255,31 @@ def main() -> None:
     rows: list[str] = []
     try:
         floor = None
+        breakdown: list[dict[str, float]] = []
         for workers in (1, 2):
             for parallel in (False, True):
                 run_dir = work / f"w{workers}-{'par' if parallel else 'seq'}"
                 run = Run(run_dir, workers, args.checkpoint)
                 try:
                     # Fresh copies: new UIDs per run so nothing is a resend.
-                    batch = studies(run_dir / "in", args.studies)
+                    batch = studies(run_dir / "in", args.studies + 1)
+                    # The first study is not measured: it waits for the workers to load
+                    # and warm up the model after start-up.
+                    warm_up, batch = batch[0], batch[1:]
+                    run.send([warm_up], parallel=False)
                     started = time.perf_counter()
-                    run.send(batch, parallel)
-                    run.wait_done(len(batch))
+                    run.send(batch, parallel, done_before=1)
+                    run.wait_done(len(batch) + 1)
                     wall = time.perf_counter() - started
-                    measured = run.measurements()
+                    measured = run.measurements(exclude=warm_up)
                     if floor is None:
                         floor = transport_floor(run.one_study_results(), run_dir)
                 finally:
                     run.stop()
-                e2e = np.array([m[0] for m in measured])
-                model = np.array([m[1] for m in measured])
+                if workers == 1 and not parallel:
+                    breakdown = measured
+                e2e = np.array([m["e2e"] for m in measured])
+                model = np.array([m["model"] for m in measured])
                 overhead = e2e - model - floor - QUIET
                 rows.append(
                     f"| {workers} | {'parallel' if parallel else 'one by one'} | {len(e2e)} "
@@ -261,6 +295,15 @@ def main() -> None:
         )
         print("|---|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
+        print("\nWhere the time goes (1 analysis worker, one by one; medians, ms):\n")
+        print("| stage | median ms |")
+        print("|---|---|")
+        for name in breakdown[0]:
+            if name != "e2e":
+                value = np.median([m[name] for m in breakdown]) * 1000
+                print(f"| {name} | {value:.0f} |")
+        total = np.median([m["e2e"] for m in breakdown]) * 1000
+        print(f"| release -> results (e2e) | {total:.0f} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
