@@ -20,6 +20,7 @@ from sr_templates import codes
 from sr_templates.build import (
     attention_map,
     build_all,
+    build_attention_segmentation,
     build_findings_sr,
     build_gsps,
     build_trajectory_sr,
@@ -209,6 +210,38 @@ def test_attention_map_is_a_fractional_seg(cases: dict[str, Case]) -> None:
     expected = attention_map(case.result)
     assert expected is not None and pixels.shape == expected.shape
     assert np.allclose(pixels, expected, atol=1 / 255 + 1e-6)
+
+
+def test_attention_seg_frame_is_highdicoms_own(cases: dict[str, Case]) -> None:
+    """The attention SEG is built around an empty frame and then filled: its frame holds
+    the bytes highdicom writes from the float map itself (odd pixel count, NULL padding)."""
+    case = cases["cr_many_findings"]
+    assert case.source.Rows * case.source.Columns % 2 == 1
+    fast = build_attention_segmentation(case.result, case.source, 2)
+    expected = attention_map(case.result)
+    assert fast is not None and expected is not None
+    reference = hd.seg.Segmentation(
+        source_images=[case.source],
+        pixel_array=expected[np.newaxis],
+        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
+        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
+        max_fractional_value=255,
+        segment_descriptions=[hd.seg.SegmentDescription.from_dataset(fast.SegmentSequence[0])],
+        series_instance_uid=hd.UID(),
+        series_number=1,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="0",
+        device_serial_number="0",
+        omit_empty_frames=False,
+    )
+    pixels = case.source.Rows * case.source.Columns
+    assert fast.PixelData[:pixels] == reference.PixelData[:pixels]
+    # OB is padded to even length with a NULL byte (PS3.5 6.2); highdicom 0.28 pads with "0".
+    assert fast.PixelData[pixels:] == b"\x00"
+    assert fast.MaximumFractionalValue == reference.MaximumFractionalValue
 
 
 def test_gsps_draws_boxes_fixations_path_and_notice(cases: dict[str, Case]) -> None:
