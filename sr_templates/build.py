@@ -14,6 +14,8 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Callable, Iterable
+from io import BytesIO
 from typing import TypedDict, cast
 
 import highdicom as hd
@@ -556,17 +558,32 @@ def build_gsps(
     return gsps
 
 
+#: The builder of each kind, in series order.
+BUILDERS: dict[ObjectKindValues, Callable[[InferenceResult, Dataset, int], Dataset | None]] = {
+    ObjectKindValues.FINDINGS_SR: build_findings_sr,
+    ObjectKindValues.TRAJECTORY_SR: build_trajectory_sr,
+    ObjectKindValues.SEGMENTATION: build_segmentation,
+    ObjectKindValues.ATTENTION_SEGMENTATION: build_attention_segmentation,
+    ObjectKindValues.GSPS: build_gsps,
+}
+
+
 def build_all(
-    result: InferenceResult, source: Dataset, revision: int = 1
+    result: InferenceResult,
+    source: Dataset,
+    revision: int = 1,
+    kinds: Iterable[ObjectKindValues] = BUILDERS,
 ) -> dict[ObjectKindValues, Dataset]:
-    """Every object the result yields, in series order (absent ones left out)."""
-    built: dict[ObjectKindValues, Dataset | None] = {
-        ObjectKindValues.FINDINGS_SR: build_findings_sr(result, source, revision),
-        ObjectKindValues.TRAJECTORY_SR: build_trajectory_sr(result, source, revision),
-        ObjectKindValues.SEGMENTATION: build_segmentation(result, source, revision),
-        ObjectKindValues.ATTENTION_SEGMENTATION: build_attention_segmentation(
-            result, source, revision
-        ),
-        ObjectKindValues.GSPS: build_gsps(result, source, revision),
+    """Every object of ``kinds`` the result yields, in series order (absent ones left out)."""
+    wanted = set(kinds)
+    built = {
+        kind: build(result, source, revision) for kind, build in BUILDERS.items() if kind in wanted
     }
     return {kind: ds for kind, ds in built.items() if ds is not None}
+
+
+def encode(ds: Dataset) -> bytes:
+    """``ds`` as a DICOM Part 10 file."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

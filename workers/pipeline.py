@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from io import BytesIO
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
@@ -38,6 +37,7 @@ from dicom_node.outbox import mark_done_if_finished
 from dicom_node.peers import PeerInfo
 from dicom_node.spool import safe_uid, short_hash
 from workers import hl7, mllp
+from workers.builder import EncodedObject
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -165,8 +165,6 @@ def analyze_study(ctx: WorkerContext, study_id: int) -> AnalysisOutcome:
 def _analyze(
     ctx: WorkerContext, study_id: int, analysis_id: int, revision: int, instances: list[Instance]
 ) -> AnalysisOutcome:
-    from sr_templates.build import build_all
-
     with step(ctx, analysis_id, "select") as row:
         chosen, row.detail = select_image(instances)
         source = _read(ctx, chosen)
@@ -178,21 +176,19 @@ def _analyze(
         except (ValueError, NotImplementedError) as exc:  # undecodable or unsupported pixels
             raise AnalysisRefused(f"the model cannot read the image: {exc}") from exc
     with step(ctx, analysis_id, "build") as row:
-        objects = build_all(result, source, revision)
-        row.detail = ", ".join(str(kind) for kind in objects)
+        objects = ctx.builder.build(result, source, revision)
+        row.detail = ", ".join(str(o.kind) for o in objects)
     study_uid = str(source.StudyInstanceUID)
     with step(ctx, analysis_id, "store"):
         folder = Path("out", safe_uid(study_uid), f"rev{revision}")
         ctx.spool.write(folder / "result.json", result.to_json().encode("utf-8"))
-        stored: list[tuple[str, Dataset, Path]] = []
-        for object_kind, ds in objects.items():
+        stored: list[tuple[EncodedObject, Path]] = []
+        for obj in objects:
             relative = ctx.spool.relative_path(
-                study_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), kind="out"
+                study_uid, obj.series_instance_uid, obj.sop_instance_uid, kind="out"
             )
-            buffer = BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            ctx.spool.write(relative, buffer.getvalue())
-            stored.append((str(object_kind), ds, relative))
+            ctx.spool.write(relative, obj.data)
+            stored.append((obj, relative))
     with step(ctx, analysis_id, "route") as row:
         destinations = destinations_for(ctx, study_id)
         row.detail = ", ".join(p.name for p in destinations) or "no destination configured"
@@ -204,14 +200,14 @@ def _analyze(
             # The study re-opened while we worked: its next revision will be analysed.
             logger.info("study #%d re-opened during analysis; results discarded", study_id)
             return AnalysisOutcome(analysis_id, "superseded", {})
-        for kind, ds, relative in stored:
-            _upsert_output(session, analysis_id, kind, ds, relative)
+        for obj, relative in stored:
+            _upsert_output(session, analysis_id, obj, relative)
             for peer in destinations:
                 item = ctx.outbox.enqueue(
                     session,
                     peer.id,
-                    str(ds.SOPInstanceUID),
-                    str(ds.SOPClassUID),
+                    obj.sop_instance_uid,
+                    obj.sop_class_uid,
                     ctx.spool.absolute(relative),
                 )
                 item.analysis_id = analysis_id
@@ -248,17 +244,17 @@ def _analyze(
 
 
 def _upsert_output(
-    session: Session, analysis_id: int, kind: str, ds: Dataset, relative: Path
+    session: Session, analysis_id: int, obj: EncodedObject, relative: Path
 ) -> Output:
     row = session.scalar(
-        select(Output).where(Output.analysis_id == analysis_id, Output.kind == kind)
+        select(Output).where(Output.analysis_id == analysis_id, Output.kind == str(obj.kind))
     )
     if row is None:
-        row = Output(analysis_id=analysis_id, kind=kind)
+        row = Output(analysis_id=analysis_id, kind=str(obj.kind))
         session.add(row)
-    row.SOPInstanceUID = str(ds.SOPInstanceUID)
-    row.SOPClassUID = str(ds.SOPClassUID)
-    row.SeriesInstanceUID = str(ds.SeriesInstanceUID)
+    row.SOPInstanceUID = obj.sop_instance_uid
+    row.SOPClassUID = obj.sop_class_uid
+    row.SeriesInstanceUID = obj.series_instance_uid
     row.path = relative.as_posix()
     session.flush()
     return row

@@ -1,0 +1,217 @@
+"""Builds and encodes a study's result objects on two cores.
+
+Building the DICOM objects is pure Python (highdicom, pydicom), single-threaded, and on a
+CPU it takes longer than the model. So the analysis process keeps a helper process and
+hands it the trajectory SR and the attention SEG while it builds the findings SR, the SEG
+and the GSPS itself; the two halves take about as long. The helper only saves time: when
+it is missing, fails or hangs, the analysis process builds its half too.
+
+The helper reads requests on its stdin and writes replies on its stdout, each a pickle
+behind its length. It exits when its stdin closes, so it never outlives the worker.
+
+    builder = ObjectBuilder()
+    objects = builder.build(result, source, revision)    # [EncodedObject], series order
+    builder.close()
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+from pydicom.dataset import Dataset
+
+from model.result import InferenceResult
+from sr_templates.enum import ObjectKindValues
+
+logger = logging.getLogger(__name__)
+
+#: What the helper builds: half of the work, neither half needs the source's pixels.
+HELPER_KINDS = frozenset({ObjectKindValues.TRAJECTORY_SR, ObjectKindValues.ATTENTION_SEGMENTATION})
+#: Far above a build's second, below the analysis task's time limit.
+REPLY_TIMEOUT = 120.0
+_PIXEL_DATA = 0x7FE00010
+_LENGTH = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class EncodedObject:
+    """One result object as the Part 10 file to store and send."""
+
+    kind: ObjectKindValues
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    data: bytes
+
+
+def build_and_encode(
+    result: InferenceResult,
+    source: Dataset,
+    revision: int,
+    kinds: Iterable[ObjectKindValues] = tuple(ObjectKindValues),
+) -> list[EncodedObject]:
+    """The objects of ``kinds`` that the result yields, built and encoded here."""
+    from sr_templates.build import build_all, encode
+
+    return [
+        EncodedObject(
+            kind,
+            str(ds.SOPClassUID),
+            str(ds.SOPInstanceUID),
+            str(ds.SeriesInstanceUID),
+            encode(ds),
+        )
+        for kind, ds in build_all(result, source, revision, kinds).items()
+    ]
+
+
+class ObjectBuilder:
+    """Builds a study's objects in this process and in one helper process it keeps."""
+
+    def __init__(self) -> None:
+        self._helper: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def helper_pid(self) -> int | None:
+        return self._helper.pid if self._helper is not None else None
+
+    def build(self, result: InferenceResult, source: Dataset, revision: int) -> list[EncodedObject]:
+        """Every object the result yields, in series order; raises what the builders raise
+        (``ValueError`` when ``source`` is not the image the result describes)."""
+        with self._lock:
+            handed = self._send((result, _without_pixels(source), revision))
+            local = [k for k in ObjectKindValues if not (handed and k in HELPER_KINDS)]
+            try:
+                objects = build_and_encode(result, source, revision, local)
+            except BaseException:
+                if handed:
+                    self._stop()  # its reply would answer the next request
+                raise
+            if handed:
+                reply = self._receive()
+                if reply is None:
+                    reply = build_and_encode(result, source, revision, HELPER_KINDS)
+                objects += reply
+        order = list(ObjectKindValues)
+        return sorted(objects, key=lambda o: order.index(o.kind))
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+    def _send(self, request: tuple[Any, ...]) -> bool:
+        """Hand ``request`` to the helper, started if needed; False when it cannot take it."""
+        if self._helper is None or self._helper.poll() is not None:
+            self._stop()
+            try:
+                self._helper = subprocess.Popen(
+                    [sys.executable, "-m", "workers.builder"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                )
+            except OSError as exc:
+                logger.warning("object builder helper did not start (%s)", exc)
+                return False
+            logger.info("object builder helper started (pid %d)", self._helper.pid)
+        assert self._helper.stdin is not None
+        try:
+            _write_frame(self._helper.stdin, request)
+        except OSError as exc:  # it died since the poll
+            logger.warning("object builder helper is gone (%s); building here", exc)
+            self._stop()
+            return False
+        return True
+
+    def _receive(self) -> list[EncodedObject] | None:
+        """The helper's objects, or None (and the helper stopped) when it has none to give."""
+        assert self._helper is not None and self._helper.stdout is not None
+        stdout = self._helper.stdout
+        ready, _, _ = select.select([stdout], [], [], REPLY_TIMEOUT)
+        try:
+            reply = _read_frame(stdout) if ready else "timed out"
+        except (pickle.UnpicklingError, AttributeError, EOFError) as exc:
+            reply = f"unreadable reply: {type(exc).__name__}"
+        if isinstance(reply, list):
+            return reply
+        why = reply if isinstance(reply, str) else "it exited"
+        logger.warning("object builder helper failed (%s); building its objects here", why)
+        self._stop()
+        return None
+
+    def _stop(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper is None:
+            return
+        helper.kill()
+        helper.wait()
+        for pipe in (helper.stdin, helper.stdout):
+            if pipe is not None:
+                pipe.close()
+
+
+def _without_pixels(source: Dataset) -> Dataset:
+    """The source's attributes without its pixel data (megabytes the helper never reads)."""
+    tags = source.keys()  # iterating a Dataset yields its elements, decoded
+    header = Dataset({tag: source.get_item(tag) for tag in tags if tag != _PIXEL_DATA})
+    if hasattr(source, "file_meta"):
+        header.file_meta = source.file_meta
+    return header
+
+
+def _write_frame(stream: IO[bytes], value: object) -> None:
+    data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_LENGTH.pack(len(data)) + data)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    """The next value, or None at the end of the stream."""
+    head = stream.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (length,) = _LENGTH.unpack(head)
+    data = stream.read(length)
+    if len(data) < length:
+        return None
+    return pickle.loads(data)  # noqa: S301 - written by our own parent process
+
+
+def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+    """The helper's loop: build the helper's half of each request until stdin closes."""
+    while (request := _read_frame(requests)) is not None:
+        result, source, revision = request
+        try:
+            reply: list[EncodedObject] | str = build_and_encode(
+                result, source, revision, HELPER_KINDS
+            )
+        except Exception as exc:  # noqa: BLE001 - the parent rebuilds and raises it itself
+            reply = type(exc).__name__
+        _write_frame(replies, reply)
+
+
+def main() -> int:
+    # Replies get a private copy of stdout; anything a library prints goes to stderr.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    serve(sys.stdin.buffer, replies)
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the module's own copy, so that replies pickle as workers.builder.EncodedObject.
+    from workers import builder
+
+    sys.exit(builder.main())
