@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 #: What the helper builds: half of the work, neither half needs the source's pixels.
 HELPER_KINDS = frozenset({ObjectKindValues.TRAJECTORY_SR, ObjectKindValues.ATTENTION_SEGMENTATION})
-#: Far above a build's second, below the analysis task's time limit.
+#: Far above a build's second; the analysis task's time limits still apply around it.
 REPLY_TIMEOUT = 120.0
 _PIXEL_DATA = 0x7FE00010
 _LENGTH = struct.Struct(">Q")
@@ -94,15 +94,16 @@ class ObjectBuilder:
             local = [k for k in ObjectKindValues if not (handed and k in HELPER_KINDS)]
             try:
                 objects = build_and_encode(result, source, revision, local)
+                reply = self._receive() if handed else []
             except BaseException:
+                # A failed build or a time limit: the helper's late reply must not answer
+                # the next request.
                 if handed:
-                    self._stop()  # its reply would answer the next request
+                    self._stop()
                 raise
-            if handed:
-                reply = self._receive()
-                if reply is None:
-                    reply = build_and_encode(result, source, revision, HELPER_KINDS)
-                objects += reply
+            if reply is None:
+                reply = build_and_encode(result, source, revision, HELPER_KINDS)
+            objects += reply
         order = list(ObjectKindValues)
         return sorted(objects, key=lambda o: order.index(o.kind))
 
@@ -131,6 +132,9 @@ class ObjectBuilder:
             logger.warning("object builder helper is gone (%s); building here", exc)
             self._stop()
             return False
+        except BaseException:  # a time limit while it did not read: half a request is in
+            self._stop()
+            raise
         return True
 
     def _receive(self) -> list[EncodedObject] | None:

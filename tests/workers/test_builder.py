@@ -17,6 +17,7 @@ from model.data.images import write_dicom
 from model.data.synth import generate_sample
 from model.predictor import Predictor
 from model.result import InferenceResult
+from workers import builder as builder_module
 from workers.builder import (
     HELPER_KINDS,
     EncodedObject,
@@ -95,6 +96,24 @@ def test_a_killed_helper_costs_no_object(
     _same(builder.build(result, source, 1), expected)  # built here if the helper was gone
     _same(builder.build(result, source, 1), expected)
     assert builder.helper_pid not in (None, first)  # a new helper took over
+
+
+def test_a_hung_helper_costs_no_object(
+    builder: ObjectBuilder,
+    studies: list[tuple[InferenceResult, Dataset]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A helper that stops answering is given up after the reply timeout and replaced."""
+    result, source = studies[0]
+    builder.build(result, source, 1)
+    hung = builder.helper_pid
+    assert hung is not None
+    monkeypatch.setattr(builder_module, "REPLY_TIMEOUT", 1.0)
+    os.kill(hung, signal.SIGSTOP)
+    _same(builder.build(result, source, 1), build_and_encode(result, source, 1))
+    assert builder.helper_pid is None  # killed; the next study starts a new one
+    with pytest.raises(ProcessLookupError):
+        os.kill(hung, 0)
 
 
 def test_a_failed_build_leaves_no_stale_reply(
