@@ -58,6 +58,17 @@ def builder() -> Iterator[ObjectBuilder]:
     made.close()
 
 
+@pytest.fixture
+def running(
+    builder: ObjectBuilder, studies: list[tuple[InferenceResult, Dataset]]
+) -> ObjectBuilder:
+    """A builder whose helper has answered once."""
+    result, source = studies[0]
+    builder.build(result, source, 1)
+    assert builder.helper_pid is not None
+    return builder
+
+
 def _stable(obj: EncodedObject) -> Dataset:
     ds = dcmread(BytesIO(obj.data))
     for keyword in _VOLATILE:
@@ -85,33 +96,31 @@ def test_helper_builds_the_same_objects(
 
 
 def test_a_killed_helper_costs_no_object(
-    builder: ObjectBuilder, studies: list[tuple[InferenceResult, Dataset]]
+    running: ObjectBuilder, studies: list[tuple[InferenceResult, Dataset]]
 ) -> None:
     result, source = studies[0]
-    builder.build(result, source, 1)
-    first = builder.helper_pid
+    first = running.helper_pid
     assert first is not None
     os.kill(first, signal.SIGKILL)
     expected = build_and_encode(result, source, 1)
-    _same(builder.build(result, source, 1), expected)  # built here if the helper was gone
-    _same(builder.build(result, source, 1), expected)
-    assert builder.helper_pid not in (None, first)  # a new helper took over
+    _same(running.build(result, source, 1), expected)  # built here if the helper was gone
+    _same(running.build(result, source, 1), expected)
+    assert running.helper_pid not in (None, first)  # a new helper took over
 
 
 def test_a_hung_helper_costs_no_object(
-    builder: ObjectBuilder,
+    running: ObjectBuilder,
     studies: list[tuple[InferenceResult, Dataset]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A helper that stops answering is given up after the reply timeout and replaced."""
     result, source = studies[0]
-    builder.build(result, source, 1)
-    hung = builder.helper_pid
+    hung = running.helper_pid
     assert hung is not None
     monkeypatch.setattr(builder_module, "REPLY_TIMEOUT", 1.0)
     os.kill(hung, signal.SIGSTOP)
-    _same(builder.build(result, source, 1), build_and_encode(result, source, 1))
-    assert builder.helper_pid is None  # killed; the next study starts a new one
+    _same(running.build(result, source, 1), build_and_encode(result, source, 1))
+    assert running.helper_pid is None  # killed; the next study starts a new one
     with pytest.raises(ProcessLookupError):
         os.kill(hung, 0)
 
@@ -130,13 +139,9 @@ def test_a_failed_build_leaves_no_stale_reply(
     )
 
 
-def test_helper_exits_when_its_parent_is_gone(
-    builder: ObjectBuilder, studies: list[tuple[InferenceResult, Dataset]]
-) -> None:
+def test_helper_exits_when_its_parent_is_gone(running: ObjectBuilder) -> None:
     """A worker killed with SIGKILL closes the helper's stdin; the helper then exits."""
-    result, source = studies[0]
-    builder.build(result, source, 1)
-    helper = builder._helper
+    helper = running._helper
     assert helper is not None and helper.stdin is not None
     helper.stdin.close()
     assert helper.wait(timeout=10) == 0
