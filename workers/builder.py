@@ -20,6 +20,7 @@ import logging
 import os
 import pickle
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -205,6 +206,9 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 
 def main() -> int:
+    # Ctrl-C at a terminal reaches the whole process group: the worker decides when to
+    # stop, and its exit closes our stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Replies get a private copy of stdout; anything a library prints goes to stderr.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
