@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import socket
 import subprocess
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from sqlalchemy import func, select
 
 from dicom_node.models import Analysis, AnalysisState, Instance, StudyState
 from dicom_node.scu import no_delay
+from dicom_node.server import AcceptorContext
 
 pytestmark = pytest.mark.integration
 
@@ -278,3 +280,23 @@ def test_node_and_its_scu_turn_nagle_off(start_node: StartNode) -> None:
         assert all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1 for s in accepted)
     finally:
         assoc.release()
+
+
+def test_each_association_negotiates_on_its_own_copy_of_the_contexts(
+    start_node: StartNode, tmp_path: Path
+) -> None:
+    """pynetdicom deep-copies the acceptor's contexts per association; the node's contexts
+    copy cheaply and completely, so negotiating (results, chosen syntaxes) on one
+    association leaves the node's own contexts as configured."""
+    node = start_node()
+    server = node.node._server
+    assert server is not None
+    assert all(isinstance(cx, AcceptorContext) for cx in server.contexts)
+    configured = [(cx.abstract_syntax, list(cx.transfer_syntax)) for cx in server.contexts]
+    assert len(configured) > 100 and all(len(ts) > 20 for _, ts in configured)
+    copies = copy.deepcopy(server.contexts)
+    assert [(cx.abstract_syntax, cx.transfer_syntax) for cx in copies] == configured
+    assert all(a.transfer_syntax is not b.transfer_syntax for a, b in zip(copies, server.contexts, strict=True))
+    assert storescu(node.port, study_files(tmp_path, 2)).returncode == 0
+    assert [(cx.abstract_syntax, cx.transfer_syntax) for cx in server.contexts] == configured
+    assert all(cx.result is None and cx.as_scp is None for cx in server.contexts)
