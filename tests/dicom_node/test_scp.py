@@ -296,7 +296,8 @@ def test_each_association_negotiates_on_its_own_copy_of_the_contexts(
     assert len(configured) > 100 and all(len(ts) > 20 for _, ts in configured)
     copies = copy.deepcopy(server.contexts)
     assert [(cx.abstract_syntax, cx.transfer_syntax) for cx in copies] == configured
-    assert all(a.transfer_syntax is not b.transfer_syntax for a, b in zip(copies, server.contexts, strict=True))
+    pairs = zip(copies, server.contexts, strict=True)
+    assert all(a.transfer_syntax is not b.transfer_syntax for a, b in pairs)
     assert storescu(node.port, study_files(tmp_path, 2)).returncode == 0
     assert [(cx.abstract_syntax, cx.transfer_syntax) for cx in server.contexts] == configured
     assert all(cx.result is None and cx.as_scp is None for cx in server.contexts)
