@@ -207,3 +207,36 @@ def test_backbone_folder_loads_offline_and_trains(
     reloaded = GazeXModel.load(out)
     result = InferenceEngine(reloaded, torch.device("cpu")).run([tiny_samples[0].image])
     assert len(result[0].patch_indices) == SETTINGS.num_gaze_tokens
+
+
+def test_key_fixations_keep_the_device_check_of_a_normal_film() -> None:
+    """On a film without devices, a glance at the carina (where an ET tube would end) is
+    step F for coverage, so the key fixations keep it even though its own step is A."""
+    from model.abcdef import REGIONS, STEPS, Step
+    from model.batching import key_fixations
+    from model.data.sample import GazeFixation
+    from model.geometry import PatchGrid
+    from model.predictor import visited_steps
+
+    grid = PatchGrid(Rows=256, Columns=256, grid_h=8, grid_w=8)
+    a, b, c = Step.AIRWAYS, Step.BREATHING, Step.CIRCULATION
+    reading = [  # one fixation per token, in time order: (x, y, dwell, region, step)
+        (120, 40, 500, "trachea", a),
+        (120, 80, 100, "carina", a),
+        (60, 100, 500, "right upper lung zone", b),
+        (60, 140, 500, "right mid lung zone", b),
+        (140, 160, 500, "cardiac silhouette", c),
+        (170, 160, 400, "cardiac silhouette", c),
+    ]
+    fixations, t = [], 0.0
+    for x, y, dwell, region, step in reading:
+        fixations.append(GazeFixation(float(x), float(y), t, float(dwell), region, step))
+        t += dwell + 30.0
+    keys = key_fixations(fixations, grid, 4, REGIONS)
+    assert len(keys) == 4
+    steps = [STEPS[k.step] for k in keys]
+    regions = [REGIONS[k.region] for k in keys]
+    reader = visited_steps([f.step for f in fixations if f.step], [r[3] for r in reading])
+    assert Step.FOREIGN_MATERIAL in reader
+    assert visited_steps(steps, regions) == reader, regions
+    assert "carina" in regions
