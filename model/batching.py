@@ -70,6 +70,8 @@ class PatchSpec:
     max_pixels: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    #: Fine detail (film minus its blur) in the second channel instead of the film.
+    detail_channel: bool = False
 
 
 def prepare_image(image: npt.NDArray[np.float32], spec: PatchSpec) -> ImageInput:
@@ -91,10 +93,26 @@ def prepare_image(image: npt.NDArray[np.float32], spec: PatchSpec) -> ImageInput
     return ImageInput(np.clip(resized, 0.0, 1.0), (1, gh, gw), grid)
 
 
+#: Blur (model-input pixels) whose residual is the detail channel, and its gain.
+DETAIL_SIGMA = 2.0
+DETAIL_GAIN = 4.0
+
+
+def _channels(resized: npt.NDArray[np.float32], detail: bool) -> npt.NDArray[np.float32]:
+    """(H, W, 3): the film three times, or film, 0.5 + gain x (film - blur), film."""
+    if not detail:
+        return np.repeat(resized[..., None], 3, axis=-1)
+    from scipy.ndimage import gaussian_filter
+
+    fine = resized - gaussian_filter(resized, DETAIL_SIGMA, mode="nearest")
+    second = np.clip(0.5 + DETAIL_GAIN * fine, 0.0, 1.0).astype(np.float32)
+    return np.stack([resized, second, resized], axis=-1)
+
+
 def patchify(images: Sequence[ImageInput], spec: PatchSpec) -> npt.NDArray[np.float32]:
     """Packed vision patches for a batch, in the layout Qwen2.5-VL's encoder expects."""
     out = _processor().preprocess(
-        images=[np.repeat(im.resized[..., None], 3, axis=-1) for im in images],
+        images=[_channels(im.resized, spec.detail_channel) for im in images],
         do_resize=False,
         do_rescale=False,
         do_normalize=True,

@@ -432,6 +432,10 @@ def _config_key(config: TrainConfig, settings: GazeXSettings) -> dict[str, Any]:
     if key.get("finding_weight") == 1.0:
         key.pop("finding_weight")  # the default: states saved before the option still resume
     key["gaze_mode"] = settings.gaze_mode
+    if settings.finding_pool != "attention":  # defaults left out: older states still resume
+        key["finding_pool"] = settings.finding_pool
+    if settings.detail_channel:
+        key["detail_channel"] = True
     key["num_gaze_tokens"] = settings.num_gaze_tokens
     key["max_pixels"] = settings.max_pixels
     return key

@@ -240,3 +240,48 @@ def test_key_fixations_keep_the_device_check_of_a_normal_film() -> None:
     assert Step.FOREIGN_MATERIAL in reader
     assert visited_steps(steps, regions) == reader, regions
     assert "carina" in regions
+
+
+@pytest.mark.parametrize(
+    ("finding_pool", "detail_channel"), [("attention+max", False), ("attention", True)]
+)
+def test_finding_head_options_train_save_and_load(
+    tiny_samples: list[GazeSample], tmp_path: Path, finding_pool: str, detail_channel: bool
+) -> None:
+    """The per-token (smooth max) finding evidence and the detail input channel train,
+    survive a save/load with the same outputs, and leave the default settings unchanged."""
+    import dataclasses
+    import random
+
+    assert GazeXSettings().finding_pool == "attention"
+    assert not GazeXSettings().detail_channel
+    settings = dataclasses.replace(
+        SETTINGS, finding_pool=finding_pool, detail_channel=detail_channel
+    )
+    codec = TextCodec(train_tokenizer(corpus(tiny_samples), vocab_size=400))
+    torch.manual_seed(0)
+    model = GazeXModel.from_scratch(codec, settings, TINY, seed=0)
+    assert (model.finding_token is not None) == (finding_pool == "attention+max")
+    prepared = prepare_samples(tiny_samples[:8], settings)
+    batches = epoch_batches(prepared, model.codec, settings, 8, random.Random(0), 1, False)
+    batch = collate(batches[0], model.codec, settings.num_gaze_tokens, settings.patch_spec)
+    plain = collate(batches[0], model.codec, settings.num_gaze_tokens, SETTINGS.patch_spec)
+    assert detail_channel == (not torch.equal(batch["pixel_values"], plain["pixel_values"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = compute_losses(model, batch, "multitask")["finding"].item()
+    for _ in range(10):
+        losses = compute_losses(model, batch, "multitask")
+        optimizer.zero_grad()
+        sum(losses.values()).backward()  # type: ignore[union-attr]
+        optimizer.step()
+    assert compute_losses(model, batch, "multitask")["finding"].item() < first
+    model.save(tmp_path)
+    again = GazeXModel.load(tmp_path)
+    assert again.settings == model.settings
+    model.eval()
+    again.eval()
+    images = [s.image for s in tiny_samples[:2]]
+    a = InferenceEngine(model, torch.device("cpu")).run(images)
+    b = InferenceEngine(again, torch.device("cpu")).run(images)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.probabilities, y.probabilities, rtol=1e-5, atol=1e-6)
