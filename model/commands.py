@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument(
         "--finding-weight", type=float, default=1.0, help="weight of the finding loss (default 1)"
     )
+    train.add_argument(
+        "--balance-gaze-labels",
+        action="store_true",
+        help="weight the gaze tokens' step/region losses by 1/sqrt(class frequency)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--size", choices=SIZES, default="small")
     train.add_argument("--gaze-mode", choices=GAZE_MODE_CHOICES, default="ordered")
@@ -158,6 +163,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         finding_weight=args.finding_weight,
+        balance_gaze_labels=args.balance_gaze_labels,
         seed=args.seed,
         size=TINY if args.size == "tiny" else ModelSize(),
         progress=not args.no_progress,

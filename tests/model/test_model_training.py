@@ -285,3 +285,34 @@ def test_finding_head_options_train_save_and_load(
     b = InferenceEngine(again, torch.device("cpu")).run(images)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x.probabilities, y.probabilities, rtol=1e-5, atol=1e-6)
+
+
+def test_gaze_label_weights_favour_rare_steps(tiny_samples: list[GazeSample]) -> None:
+    """Balanced gaze labels weight a step by 1/sqrt(its key-fixation frequency): rarer
+    steps weigh more, weights have mean 1 over the steps seen, and the loss accepts them."""
+    import random
+    from collections import Counter
+
+    from model.abcdef import STEPS
+    from model.batching import key_fixations
+    from model.training import gaze_label_weights
+
+    prepared = prepare_samples(tiny_samples, SETTINGS)
+    region_w, step_w = gaze_label_weights(prepared, SETTINGS)
+    assert region_w.shape == (len(SETTINGS.regions),) and step_w.shape == (len(STEPS),)
+    counts = Counter(
+        k.step
+        for p in prepared
+        for k in key_fixations(p.sample.fixations, p.image.grid, 6, SETTINGS.regions)
+        if k.step >= 0
+    )
+    seen = sorted(counts)
+    assert float(step_w[seen].mean()) == pytest.approx(1.0)
+    rare, common = min(seen, key=counts.__getitem__), max(seen, key=counts.__getitem__)
+    if counts[rare] < counts[common]:
+        assert step_w[rare] > step_w[common]
+    model = _tiny_model(tiny_samples)
+    batches = epoch_batches(prepared, model.codec, SETTINGS, 4, random.Random(0), 1, False)
+    batch = collate(batches[0], model.codec, SETTINGS.num_gaze_tokens, SETTINGS.patch_spec)
+    losses = compute_losses(model, batch, "gaze", (region_w, step_w))
+    assert torch.isfinite(losses["step"]) and torch.isfinite(losses["region"])
