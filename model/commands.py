@@ -108,9 +108,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="attention",
         help="finding head pooling of the ablation models (as gazex train)",
     )
-    ev.add_argument(
-        "--detail-channel", action="store_true", help="ablation models: as gazex train"
-    )
+    ev.add_argument("--detail-channel", action="store_true", help="ablation models: as gazex train")
     ev.add_argument(
         "--ablation-modes",
         default="ordered,shuffled,random,none",
