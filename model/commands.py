@@ -110,6 +110,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     ev.add_argument("--detail-channel", action="store_true", help="ablation models: as gazex train")
     ev.add_argument(
+        "--balance-gaze-labels", action="store_true", help="ablation models: as gazex train"
+    )
+    ev.add_argument(
         "--ablation-modes",
         default="ordered,shuffled,random,none",
         help="comma-separated gaze modes to train and compare (default all four)",
@@ -238,6 +241,7 @@ def run_eval(args: argparse.Namespace) -> int:
             multitask_epochs=args.ablation_epochs,
             seed=args.seed,
             size=TINY if args.size == "tiny" else ModelSize(),
+            balance_gaze_labels=args.balance_gaze_labels,
             progress=False,
         )
         out = args.out / f"ablation-{mode}"
