@@ -397,11 +397,10 @@ def train(
         rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
     spec = settings.patch_spec
-    label_weights = (
-        tuple(w.to(dev) for w in gaze_label_weights(prepared, settings))
-        if config.balance_gaze_labels
-        else None
-    )
+    label_weights: tuple[torch.Tensor, torch.Tensor] | None = None
+    if config.balance_gaze_labels:
+        region_w, step_w = gaze_label_weights(prepared, settings)
+        label_weights = (region_w.to(dev), step_w.to(dev))
     history: list[dict[str, float]] = list(state["history"]) if state is not None else []
     from tqdm import tqdm
 
