@@ -71,3 +71,29 @@ REGION_STEP: dict[str, Step] = {
 }
 
 REGIONS: tuple[str, ...] = tuple(REGION_STEP)
+
+#: Where lines and tubes end and are checked on every film (step F), devices or not:
+#: endotracheal tube tip above the carina, central line tip at the cavoatrial junction /
+#: SVC / right atrium (pacemaker leads too), feeding tube tip below the diaphragm.
+DEVICE_CHECK_REGIONS: frozenset[str] = frozenset(
+    {"carina", "svc", "cavoatrial junction", "right atrium", "abdomen"}
+)
+
+
+def inspected_steps(step: Step | None, region: str | None) -> frozenset[Step]:
+    """ABCDEF steps one fixation inspects: its own step, the default step of its region,
+    and F when the region is one where lines and tubes are checked.
+
+    The one rule behind both the coverage of a trajectory (``model.predictor.visited_steps``)
+    and the choice of the key fixations the model learns from (``model.batching``), so the
+    training targets keep every step the coverage metric looks for.
+    """
+    out: set[Step] = set()
+    if step is not None:
+        out.add(step)
+    if region is not None:
+        if region in REGION_STEP:
+            out.add(REGION_STEP[region])
+        if region in DEVICE_CHECK_REGIONS:
+            out.add(Step.FOREIGN_MATERIAL)
+    return frozenset(out)

@@ -56,6 +56,9 @@ SETTINGS_FILE = "gazex.json"
 WEIGHTS_FILE = "model.safetensors"
 BACKBONE_CONFIG_FILE = "backbone_config.json"
 GAZE_MODES: tuple[str, ...] = ("ordered", "shuffled", "random", "none")
+FINDING_POOLS: tuple[str, ...] = ("attention", "attention+max")
+#: Sharpness of the log-mean-exp pooling of per-token finding logits.
+TOKEN_POOL_SHARPNESS = 5.0
 
 
 class CheckpointError(ValueError):
@@ -112,12 +115,25 @@ class GazeXSettings:
     version: str = "0.1.0"
     trained_on_synthetic_data: bool = True
     thresholds: tuple[float, ...] = field(default_factory=tuple)
+    #: Finding head pooling: ``"attention"`` (one attention-pooled feature per finding) or
+    #: ``"attention+max"``, which adds a per-token logit pooled by a smooth maximum
+    #: (log-mean-exp, sharpness 5): multiple-instance evidence from the few tokens a thin
+    #: line or a small nodule covers.
+    finding_pool: str = "attention"
+    #: Second input channel: ``False`` repeats the film in all three channels; ``True`` puts
+    #: the film's fine detail (film minus its Gaussian blur, sigma 2 px at model input) in
+    #: the second one, so thin lines and small nodules stand out to the patch embedding.
+    detail_channel: bool = False
     #: Mean gap (ms) between key fixations and mean dwell, for timing fall-backs.
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.gaze_mode not in GAZE_MODES:
             raise ValueError(f"gaze mode must be one of {GAZE_MODES}, got {self.gaze_mode!r}")
+        if self.finding_pool not in FINDING_POOLS:
+            raise ValueError(
+                f"finding pool must be one of {FINDING_POOLS}, got {self.finding_pool!r}"
+            )
 
     @property
     def patch_spec(self) -> PatchSpec:
@@ -129,6 +145,7 @@ class GazeXSettings:
             max_pixels=self.max_pixels,
             image_mean=self.image_mean,
             image_std=self.image_std,
+            detail_channel=self.detail_channel,
         )
 
     @property
@@ -236,6 +253,11 @@ class GazeXModel(nn.Module):
         self.box_mlp = nn.Sequential(nn.Linear(2 * d + 2, d), nn.GELU(), nn.Linear(d, 4))
         self.finding_norm = nn.LayerNorm(2 * d)
         nn.init.normal_(self.finding_cls, std=0.02)
+        self.finding_token: nn.Linear | None = None
+        if settings.finding_pool == "attention+max":
+            self.finding_token = nn.Linear(d, n_findings)
+            nn.init.normal_(self.finding_token.weight, std=0.02)
+            nn.init.zeros_(self.finding_token.bias)
         self.image_token_id = codec.id(IMAGE_PAD)
         self.gaze_token_id = codec.id(GAZE)
         self.gaze_end_id = codec.id(GAZE_END)
@@ -410,6 +432,14 @@ class GazeXModel(nn.Module):
             torch.cat([h_end[:, None, :].expand_as(pooled), pooled], dim=-1)
         )
         finding_logits = (features * self.finding_cls[None]).sum(-1) + self.finding_bias
+        if self.finding_token is not None:
+            # Multiple-instance evidence: a smooth maximum over the image tokens of a
+            # per-token logit (log-mean-exp, so an empty image scores the mean, not +inf).
+            r = TOKEN_POOL_SHARPNESS
+            token = self.finding_token(h_img).transpose(1, 2) * r  # (B, F, N)
+            token = token.masked_fill(~img_mask[:, None, :], float("-inf"))
+            count = img_mask.sum(-1).clamp(min=1).to(token.dtype)[:, None]
+            finding_logits = finding_logits + (torch.logsumexp(token, -1) - count.log()) / r
         # Attention centroid in image fractions: token (r, c) centre is ((c+.5)/gw, (r+.5)/gh).
         n = h_img.shape[1]
         idx = torch.arange(n, device=h_img.device)[None, :]

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from model.abcdef import REGION_STEP, STEPS, Step
+from model.abcdef import REGION_STEP, STEPS, Step, inspected_steps
 from model.data.sample import GazeFixation, GazeSample
 from model.geometry import PatchGrid, smart_size
 from model.tokenizer import (
@@ -70,6 +70,8 @@ class PatchSpec:
     max_pixels: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+    #: Fine detail (film minus its blur) in the second channel instead of the film.
+    detail_channel: bool = False
 
 
 def prepare_image(image: npt.NDArray[np.float32], spec: PatchSpec) -> ImageInput:
@@ -91,10 +93,26 @@ def prepare_image(image: npt.NDArray[np.float32], spec: PatchSpec) -> ImageInput
     return ImageInput(np.clip(resized, 0.0, 1.0), (1, gh, gw), grid)
 
 
+#: Blur (model-input pixels) whose residual is the detail channel, and its gain.
+DETAIL_SIGMA = 2.0
+DETAIL_GAIN = 4.0
+
+
+def _channels(resized: npt.NDArray[np.float32], detail: bool) -> npt.NDArray[np.float32]:
+    """(H, W, 3): the film three times, or film, 0.5 + gain x (film - blur), film."""
+    if not detail:
+        return np.repeat(resized[..., None], 3, axis=-1)
+    from scipy.ndimage import gaussian_filter
+
+    fine = resized - gaussian_filter(resized, DETAIL_SIGMA, mode="nearest")
+    second = np.clip(0.5 + DETAIL_GAIN * fine, 0.0, 1.0).astype(np.float32)
+    return np.stack([resized, second, resized], axis=-1)
+
+
 def patchify(images: Sequence[ImageInput], spec: PatchSpec) -> npt.NDArray[np.float32]:
     """Packed vision patches for a batch, in the layout Qwen2.5-VL's encoder expects."""
     out = _processor().preprocess(
-        images=[np.repeat(im.resized[..., None], 3, axis=-1) for im in images],
+        images=[_channels(im.resized, spec.detail_channel) for im in images],
         do_resize=False,
         do_rescale=False,
         do_normalize=True,
@@ -133,9 +151,10 @@ def key_fixations(
     Consecutive fixations on the same token are merged first (their dwell adds up). Slicing
     time keeps the reading order and spreads the K points over the whole ABCDEF review.
     Every ABCDEF step the reader visited keeps at least one key fixation: a step that won no
-    slice (brief glances, typically the spine and clavicles of step E) takes the place of
-    the shortest key fixation of the most represented step, so the K points never skip a
-    step the reader inspected.
+    slice (brief glances, typically the spine and clavicles of step E, or the carina and
+    SVC where a normal film's lines and tubes would end, step F) takes the place of the
+    shortest key fixation it can replace without uncovering another step, so the K points
+    never skip a step the reader inspected (by the rule coverage is measured with).
     """
     on_image = [f for f in fixations if 0 <= f.x < grid.Columns and 0 <= f.y < grid.Rows]
     if not on_image or k <= 0:
@@ -181,27 +200,38 @@ def key_fixations(
     return out
 
 
-def _fixation_step(f: GazeFixation) -> Step | None:
-    if f.step is not None:
-        return f.step
-    return REGION_STEP.get(f.region) if f.region is not None else None
-
-
 def _cover_steps(chosen: list[int], merged: Sequence[tuple[int, GazeFixation, float]]) -> list[int]:
-    """Swap chosen indices so that every step present in ``merged`` is represented."""
-    steps = [_fixation_step(f) for _, f, _ in merged]
+    """Swap chosen indices so that every step the reader inspected is represented.
+
+    Two things are kept, in this order: every step label of the reading (what the step
+    head learns, e.g. F on a device), then every step the reading inspects by the rule
+    the coverage of the model's trajectory is measured with
+    (:func:`model.abcdef.inspected_steps`: also a region's default step, and F at a
+    device-check region such as the carina or the SVC of a film without devices). For
+    each one the chosen points miss, the longest fixation that has it replaces the
+    shortest chosen one whose removal loses nothing already kept.
+    """
+    covers: list[frozenset[tuple[str, Step]]] = []
+    for _, f, _ in merged:
+        label = f.step if f.step is not None else REGION_STEP.get(f.region or "")
+        items = {("inspected", s) for s in inspected_steps(f.step, f.region)}
+        if label is not None:
+            items.add(("label", label))
+        covers.append(frozenset(items))
+    wanted = [(kind, step) for kind in ("label", "inspected") for step in STEPS]
     chosen = list(dict.fromkeys(chosen))
-    for step in STEPS:
-        if step not in steps or any(steps[j] is step for j in chosen):
+    for item in wanted:
+        if not any(item in c for c in covers) or any(item in covers[j] for j in chosen):
             continue
-        candidates = [j for j, s in enumerate(steps) if s is step and j not in chosen]
-        counts: dict[Step | None, int] = {}
+        candidates = [j for j, c in enumerate(covers) if item in c and j not in chosen]
+        counts: dict[tuple[str, Step], int] = {}
         for j in chosen:
-            counts[steps[j]] = counts.get(steps[j], 0) + 1
-        donors = [j for j in chosen if steps[j] is None or counts[steps[j]] > 1]
+            for kept in covers[j]:
+                counts[kept] = counts.get(kept, 0) + 1
+        donors = [j for j in chosen if all(counts[kept] > 1 for kept in covers[j])]
         if not candidates or not donors:
             continue
-        drop = min(donors, key=lambda j: (steps[j] is not None, merged[j][2]))
+        drop = min(donors, key=lambda j: (bool(covers[j]), merged[j][2]))
         chosen.remove(drop)
         chosen.append(max(candidates, key=lambda j: merged[j][2]))
     return sorted(chosen)

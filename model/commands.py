@@ -48,11 +48,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument(
         "--finding-weight", type=float, default=1.0, help="weight of the finding loss (default 1)"
     )
+    train.add_argument(
+        "--balance-gaze-labels",
+        action="store_true",
+        help="weight the gaze tokens' step/region losses by 1/sqrt(class frequency)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--size", choices=SIZES, default="small")
     train.add_argument("--gaze-mode", choices=GAZE_MODE_CHOICES, default="ordered")
     train.add_argument("--gaze-tokens", type=int, default=12, help="K, the number of <st>")
     train.add_argument("--max-pixels", type=int, default=224 * 224)
+    train.add_argument(
+        "--finding-pool",
+        choices=("attention", "attention+max"),
+        default="attention",
+        help="finding head pooling (attention+max adds per-token evidence, smooth max)",
+    )
+    train.add_argument(
+        "--detail-channel",
+        action="store_true",
+        help="fine detail (film minus blur) as the second input channel",
+    )
     train.add_argument("--max-samples", type=int, help="use at most this many per folder")
     train.add_argument(
         "--exclude-reader", action="append", default=[], metavar="ID", help="hold a reader out"
@@ -86,6 +102,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ev.add_argument("--ablation-gaze-epochs", type=int, default=1)
     ev.add_argument("--ablation-max-samples", type=int)
     ev.add_argument("--size", choices=SIZES, default="small")
+    ev.add_argument(
+        "--finding-pool",
+        choices=("attention", "attention+max"),
+        default="attention",
+        help="finding head pooling of the ablation models (as gazex train)",
+    )
+    ev.add_argument("--detail-channel", action="store_true", help="ablation models: as gazex train")
+    ev.add_argument(
+        "--balance-gaze-labels", action="store_true", help="ablation models: as gazex train"
+    )
+    ev.add_argument(
+        "--ablation-modes",
+        default="ordered,shuffled,random,none",
+        help="comma-separated gaze modes to train and compare (default all four)",
+    )
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=run_eval)
 
@@ -121,7 +152,11 @@ def run_train(args: argparse.Namespace) -> int:
     )
     train_samples, val_samples = split_validation(samples)
     settings = GazeXSettings(
-        num_gaze_tokens=args.gaze_tokens, gaze_mode=args.gaze_mode, max_pixels=args.max_pixels
+        num_gaze_tokens=args.gaze_tokens,
+        gaze_mode=args.gaze_mode,
+        max_pixels=args.max_pixels,
+        finding_pool=args.finding_pool,
+        detail_channel=args.detail_channel,
     )
     config = TrainConfig(
         gaze_epochs=args.gaze_epochs,
@@ -129,6 +164,7 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         finding_weight=args.finding_weight,
+        balance_gaze_labels=args.balance_gaze_labels,
         seed=args.seed,
         size=TINY if args.size == "tiny" else ModelSize(),
         progress=not args.no_progress,
@@ -195,12 +231,17 @@ def run_eval(args: argparse.Namespace) -> int:
         exclude_readers=args.exclude_reader,
     )
     train_samples, val_samples = split_validation(samples)
-    for mode in ("ordered", "shuffled", "random", "none"):
+    modes = [m.strip() for m in args.ablation_modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(GAZE_MODE_CHOICES))
+    if unknown or not modes:
+        raise ValueError(f"--ablation-modes: unknown gaze modes {unknown or modes}")
+    for mode in modes:
         config = TrainConfig(
             gaze_epochs=args.ablation_gaze_epochs,
             multitask_epochs=args.ablation_epochs,
             seed=args.seed,
             size=TINY if args.size == "tiny" else ModelSize(),
+            balance_gaze_labels=args.balance_gaze_labels,
             progress=False,
         )
         out = args.out / f"ablation-{mode}"
@@ -208,7 +249,11 @@ def run_eval(args: argparse.Namespace) -> int:
         model = train(
             train_samples,
             out / "checkpoint",
-            GazeXSettings(gaze_mode=mode),
+            GazeXSettings(
+                gaze_mode=mode,
+                finding_pool=args.finding_pool,
+                detail_channel=args.detail_channel,
+            ),
             config,
             val_samples=val_samples,
             device=device,

@@ -23,7 +23,8 @@ import numpy.typing as npt
 import torch
 from pydicom.dataset import Dataset
 
-from model.abcdef import REGION_STEP, STEPS, Step
+from model.abcdef import DEVICE_CHECK_REGIONS as DEVICE_CHECK_REGIONS  # re-exported
+from model.abcdef import REGION_STEP, STEPS, Step, inspected_steps
 from model.architecture import WEIGHTS_FILE, GazeXModel, configure_threads, select_device
 from model.batching import parse_report
 from model.findings import FINDINGS_BY_KEY, FindingType
@@ -48,23 +49,15 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
 _NOT_REPORTED = "Not described by the model."
 
 
-#: Where lines and tubes end and are checked on every film (step F), devices or not:
-#: endotracheal tube tip above the carina, central line tip at the cavoatrial junction /
-#: SVC / right atrium (pacemaker leads too), feeding tube tip below the diaphragm.
-DEVICE_CHECK_REGIONS: frozenset[str] = frozenset(
-    {"carina", "svc", "cavoatrial junction", "right atrium", "abdomen"}
-)
-
-
 def visited_steps(steps: Sequence[Step], regions: Sequence[str]) -> set[Step]:
     """ABCDEF steps a trajectory inspected: the steps of its fixations, the default steps of
-    the regions they landed in, and F when it visited a device-check region."""
-    visited = set(steps)
+    the regions they landed in, and F when it visited a device-check region
+    (:func:`model.abcdef.inspected_steps`)."""
+    visited: set[Step] = set()
+    for step in steps:
+        visited |= inspected_steps(step, None)
     for region in regions:
-        if region in REGION_STEP:
-            visited.add(REGION_STEP[region])
-        if region in DEVICE_CHECK_REGIONS:
-            visited.add(Step.FOREIGN_MATERIAL)
+        visited |= inspected_steps(None, region)
     return visited
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from model.abcdef import STEPS
 from model.architecture import (
     GazeXModel,
     GazeXSettings,
@@ -57,6 +58,10 @@ class TrainConfig:
     max_vqa: int = 1
     #: Weight of the finding (multi-label BCE) loss in the multitask stage.
     finding_weight: float = 1.0
+    #: Weight the step and region cross-entropies of the gaze tokens by the inverse square
+    #: root of each class's frequency among the key fixations, so brief steps (E: spine and
+    #: clavicles) are not out-voted by the lung zones.
+    balance_gaze_labels: bool = False
     threads: int | None = None
     log_every: int = 10
     progress: bool = True
@@ -149,8 +154,18 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - (iou - (enclose - union) / enclose)
 
 
-def compute_losses(model: GazeXModel, batch: dict[str, Any], stage: str) -> dict[str, torch.Tensor]:
-    """Per-task losses; the ``gaze`` stage trains only the scanpath heads."""
+def compute_losses(
+    model: GazeXModel,
+    batch: dict[str, Any],
+    stage: str,
+    label_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-task losses; the ``gaze`` stage trains only the scanpath heads.
+
+    ``label_weights`` are (region, step) class weights of the gaze tokens' cross-entropies
+    (:func:`gaze_label_weights`), None for unweighted.
+    """
+    region_w, step_w = label_weights if label_weights is not None else (None, None)
     k = int(batch["num_gaze_tokens"])
     if stage == "gaze" and k > 0:
         # Nothing after <|gaze_end|> matters to the scanpath: drop the text (3x cheaper).
@@ -174,6 +189,7 @@ def compute_losses(model: GazeXModel, batch: dict[str, Any], stage: str) -> dict
             * functional.cross_entropy(
                 out.region_logits.flatten(0, 1),
                 batch["gaze_regions"][:, :k].flatten(),
+                weight=region_w,
                 ignore_index=IGNORE,
             )
             if bool((batch["gaze_regions"][:, :k] != IGNORE).any())
@@ -184,6 +200,7 @@ def compute_losses(model: GazeXModel, batch: dict[str, Any], stage: str) -> dict
             * functional.cross_entropy(
                 out.step_logits.flatten(0, 1),
                 batch["gaze_steps"][:, :k].flatten(),
+                weight=step_w,
                 ignore_index=IGNORE,
             )
             if bool((batch["gaze_steps"][:, :k] != IGNORE).any())
@@ -230,6 +247,34 @@ class Prepared:
 
     sample: GazeSample
     image: ImageInput
+
+
+def gaze_label_weights(
+    prepared: Sequence[Prepared], settings: GazeXSettings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(region, step) class weights: 1 / sqrt(frequency) among the key fixations of the
+    training readings, scaled to mean 1 over the classes that occur (absent classes 1)."""
+    from model.batching import key_fixations
+
+    k = settings.effective_gaze_tokens
+    regions = torch.zeros(len(settings.regions))
+    steps = torch.zeros(len(STEPS))
+    for p in prepared:
+        for key in key_fixations(p.sample.fixations, p.image.grid, k, settings.regions):
+            if key.region != IGNORE:
+                regions[key.region] += 1
+            if key.step != IGNORE:
+                steps[key.step] += 1
+
+    def weights(counts: torch.Tensor) -> torch.Tensor:
+        seen = counts > 0
+        out = torch.ones_like(counts)
+        if bool(seen.any()):
+            w = counts[seen].rsqrt()
+            out[seen] = w / w.mean()
+        return out
+
+    return weights(regions), weights(steps)
 
 
 def prepare_samples(samples: Sequence[GazeSample], settings: GazeXSettings) -> list[Prepared]:
@@ -352,6 +397,10 @@ def train(
         rng.setstate(state["python_rng"])
         torch.set_rng_state(state["torch_rng"])
     spec = settings.patch_spec
+    label_weights: tuple[torch.Tensor, torch.Tensor] | None = None
+    if config.balance_gaze_labels:
+        region_w, step_w = gaze_label_weights(prepared, settings)
+        label_weights = (region_w.to(dev), step_w.to(dev))
     history: list[dict[str, float]] = list(state["history"]) if state is not None else []
     from tqdm import tqdm
 
@@ -374,7 +423,7 @@ def train(
                 collate(examples, model.codec, settings.effective_gaze_tokens, spec), dev
             )
             with autocast(dev):
-                losses = compute_losses(model, batch, stage)
+                losses = compute_losses(model, batch, stage, label_weights)
                 if "finding" in losses and config.finding_weight != 1.0:
                     losses["finding"] = config.finding_weight * losses["finding"]
             loss = sum(losses.values(), torch.zeros((), device=dev))
@@ -431,7 +480,13 @@ def _config_key(config: TrainConfig, settings: GazeXSettings) -> dict[str, Any]:
     key.pop("log_every", None)
     if key.get("finding_weight") == 1.0:
         key.pop("finding_weight")  # the default: states saved before the option still resume
+    if not key.get("balance_gaze_labels"):
+        key.pop("balance_gaze_labels", None)
     key["gaze_mode"] = settings.gaze_mode
+    if settings.finding_pool != "attention":  # defaults left out: older states still resume
+        key["finding_pool"] = settings.finding_pool
+    if settings.detail_channel:
+        key["detail_channel"] = True
     key["num_gaze_tokens"] = settings.num_gaze_tokens
     key["max_pixels"] = settings.max_pixels
     return key

@@ -207,3 +207,112 @@ def test_backbone_folder_loads_offline_and_trains(
     reloaded = GazeXModel.load(out)
     result = InferenceEngine(reloaded, torch.device("cpu")).run([tiny_samples[0].image])
     assert len(result[0].patch_indices) == SETTINGS.num_gaze_tokens
+
+
+def test_key_fixations_keep_the_device_check_of_a_normal_film() -> None:
+    """On a film without devices, a glance at the carina (where an ET tube would end) is
+    step F for coverage, so the key fixations keep it even though its own step is A."""
+    from model.abcdef import REGIONS, STEPS, Step
+    from model.batching import key_fixations
+    from model.data.sample import GazeFixation
+    from model.geometry import PatchGrid
+    from model.predictor import visited_steps
+
+    grid = PatchGrid(Rows=256, Columns=256, grid_h=8, grid_w=8)
+    a, b, c = Step.AIRWAYS, Step.BREATHING, Step.CIRCULATION
+    reading = [  # one fixation per token, in time order: (x, y, dwell, region, step)
+        (120, 40, 500, "trachea", a),
+        (120, 80, 100, "carina", a),
+        (60, 100, 500, "right upper lung zone", b),
+        (60, 140, 500, "right mid lung zone", b),
+        (140, 160, 500, "cardiac silhouette", c),
+        (170, 160, 400, "cardiac silhouette", c),
+    ]
+    fixations, t = [], 0.0
+    for x, y, dwell, region, step in reading:
+        fixations.append(GazeFixation(float(x), float(y), t, float(dwell), region, step))
+        t += dwell + 30.0
+    keys = key_fixations(fixations, grid, 4, REGIONS)
+    assert len(keys) == 4
+    steps = [STEPS[k.step] for k in keys]
+    regions = [REGIONS[k.region] for k in keys]
+    reader = visited_steps([f.step for f in fixations if f.step], [r[3] for r in reading])
+    assert Step.FOREIGN_MATERIAL in reader
+    assert visited_steps(steps, regions) == reader, regions
+    assert "carina" in regions
+
+
+@pytest.mark.parametrize(
+    ("finding_pool", "detail_channel"), [("attention+max", False), ("attention", True)]
+)
+def test_finding_head_options_train_save_and_load(
+    tiny_samples: list[GazeSample], tmp_path: Path, finding_pool: str, detail_channel: bool
+) -> None:
+    """The per-token (smooth max) finding evidence and the detail input channel train,
+    survive a save/load with the same outputs, and leave the default settings unchanged."""
+    import dataclasses
+    import random
+
+    assert GazeXSettings().finding_pool == "attention"
+    assert not GazeXSettings().detail_channel
+    settings = dataclasses.replace(
+        SETTINGS, finding_pool=finding_pool, detail_channel=detail_channel
+    )
+    codec = TextCodec(train_tokenizer(corpus(tiny_samples), vocab_size=400))
+    torch.manual_seed(0)
+    model = GazeXModel.from_scratch(codec, settings, TINY, seed=0)
+    assert (model.finding_token is not None) == (finding_pool == "attention+max")
+    prepared = prepare_samples(tiny_samples[:8], settings)
+    batches = epoch_batches(prepared, model.codec, settings, 8, random.Random(0), 1, False)
+    batch = collate(batches[0], model.codec, settings.num_gaze_tokens, settings.patch_spec)
+    plain = collate(batches[0], model.codec, settings.num_gaze_tokens, SETTINGS.patch_spec)
+    assert detail_channel == (not torch.equal(batch["pixel_values"], plain["pixel_values"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = compute_losses(model, batch, "multitask")["finding"].item()
+    for _ in range(10):
+        losses = compute_losses(model, batch, "multitask")
+        optimizer.zero_grad()
+        sum(losses.values()).backward()  # type: ignore[union-attr]
+        optimizer.step()
+    assert compute_losses(model, batch, "multitask")["finding"].item() < first
+    model.save(tmp_path)
+    again = GazeXModel.load(tmp_path)
+    assert again.settings == model.settings
+    model.eval()
+    again.eval()
+    images = [s.image for s in tiny_samples[:2]]
+    a = InferenceEngine(model, torch.device("cpu")).run(images)
+    b = InferenceEngine(again, torch.device("cpu")).run(images)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x.probabilities, y.probabilities, rtol=1e-5, atol=1e-6)
+
+
+def test_gaze_label_weights_favour_rare_steps(tiny_samples: list[GazeSample]) -> None:
+    """Balanced gaze labels weight a step by 1/sqrt(its key-fixation frequency): rarer
+    steps weigh more, weights have mean 1 over the steps seen, and the loss accepts them."""
+    import random
+    from collections import Counter
+
+    from model.abcdef import STEPS
+    from model.batching import key_fixations
+    from model.training import gaze_label_weights
+
+    prepared = prepare_samples(tiny_samples, SETTINGS)
+    region_w, step_w = gaze_label_weights(prepared, SETTINGS)
+    assert region_w.shape == (len(SETTINGS.regions),) and step_w.shape == (len(STEPS),)
+    counts = Counter(
+        k.step
+        for p in prepared
+        for k in key_fixations(p.sample.fixations, p.image.grid, 6, SETTINGS.regions)
+        if k.step >= 0
+    )
+    seen = sorted(counts)
+    assert float(step_w[seen].mean()) == pytest.approx(1.0)
+    rare, common = min(seen, key=counts.__getitem__), max(seen, key=counts.__getitem__)
+    if counts[rare] < counts[common]:
+        assert step_w[rare] > step_w[common]
+    model = _tiny_model(tiny_samples)
+    batches = epoch_batches(prepared, model.codec, SETTINGS, 4, random.Random(0), 1, False)
+    batch = collate(batches[0], model.codec, SETTINGS.num_gaze_tokens, SETTINGS.patch_spec)
+    losses = compute_losses(model, batch, "gaze", (region_w, step_w))
+    assert torch.isfinite(losses["step"]) and torch.isfinite(losses["region"])
