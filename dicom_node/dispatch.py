@@ -47,9 +47,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "data_folder_out": str(folder / "queue"),
             "control_folder": str(folder / "control"),
             "store_processed": False,
-            # A folder listing per poll costs microseconds; each hop (node -> analysis ->
-            # delivery) waits half an interval on average.
-            "polling_interval": 0.02,
+            # Each hop (node -> analysis -> delivery) waits half an interval on average;
+            # measured, an idle `gazex serve` uses 3.5 % of a core at 10 ms (2.8 % at 20 ms).
+            "polling_interval": 0.01,
         }
     else:
         # Fail fast when the broker is down: the database keeps the job for a later try.
