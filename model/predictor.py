@@ -23,7 +23,6 @@ import numpy.typing as npt
 import torch
 from pydicom.dataset import Dataset
 
-from model.abcdef import DEVICE_CHECK_REGIONS as DEVICE_CHECK_REGIONS  # re-exported
 from model.abcdef import REGION_STEP, STEPS, Step, inspected_steps
 from model.architecture import WEIGHTS_FILE, GazeXModel, configure_threads, select_device
 from model.batching import parse_report
