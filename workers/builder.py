@@ -25,6 +25,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -122,18 +123,22 @@ class ObjectBuilder:
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                 )
+                assert self._helper.stdin is not None and self._helper.stdout is not None
+                # Read and written with deadlines (select), never blocking on the helper.
+                os.set_blocking(self._helper.stdin.fileno(), False)
+                os.set_blocking(self._helper.stdout.fileno(), False)
             except OSError as exc:
                 logger.warning("object builder helper did not start (%s)", exc)
                 return False
             logger.info("object builder helper started (pid %d)", self._helper.pid)
         assert self._helper.stdin is not None
         try:
-            _write_frame(self._helper.stdin, request)
-        except OSError as exc:  # it died since the poll
-            logger.warning("object builder helper is gone (%s); building here", exc)
+            _write_all(self._helper.stdin.fileno(), _frame(request), REPLY_TIMEOUT)
+        except (OSError, TimeoutError) as exc:  # it died or hangs
+            logger.warning("object builder helper cannot take work (%r); building here", exc)
             self._stop()
             return False
-        except BaseException:  # a time limit while it did not read: half a request is in
+        except BaseException:  # a time limit while half a request is in
             self._stop()
             raise
         return True
@@ -141,15 +146,19 @@ class ObjectBuilder:
     def _receive(self) -> list[EncodedObject] | None:
         """The helper's objects, or None (and the helper stopped) when it has none to give."""
         assert self._helper is not None and self._helper.stdout is not None
-        stdout = self._helper.stdout
-        ready, _, _ = select.select([stdout], [], [], REPLY_TIMEOUT)
+        fd = self._helper.stdout.fileno()
+        deadline = time.monotonic() + REPLY_TIMEOUT
         try:
-            reply = _read_frame(stdout) if ready else "timed out"
-        except (pickle.UnpicklingError, AttributeError, EOFError) as exc:
+            head = _read_exactly(fd, _LENGTH.size, deadline)
+            data = _read_exactly(fd, _LENGTH.unpack(head)[0], deadline) if head else None
+            reply = pickle.loads(data) if data is not None else "it exited"  # noqa: S301
+        except TimeoutError:
+            reply = "timed out"
+        except (OSError, pickle.UnpicklingError, AttributeError, EOFError) as exc:
             reply = f"unreadable reply: {type(exc).__name__}"
         if isinstance(reply, list):
             return reply
-        why = reply if isinstance(reply, str) else "it exited"
+        why = reply if isinstance(reply, str) else "unexpected reply"
         logger.warning("object builder helper failed (%s); building its objects here", why)
         self._stop()
         return None
@@ -174,9 +183,45 @@ def _without_pixels(source: Dataset) -> Dataset:
     return header
 
 
-def _write_frame(stream: IO[bytes], value: object) -> None:
+def _frame(value: object) -> bytes:
+    """``value`` pickled, behind its length."""
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_LENGTH.pack(len(data)) + data)
+    return _LENGTH.pack(len(data)) + data
+
+
+def _write_all(fd: int, data: bytes, timeout: float) -> None:
+    """Write ``data`` to a pipe, or raise TimeoutError when the reader stops taking it:
+    a helper that hangs must not hang the worker with it."""
+    deadline = time.monotonic() + timeout
+    view = memoryview(data)
+    while view:
+        if not select.select([], [fd], [], max(0.0, deadline - time.monotonic()))[1]:
+            raise TimeoutError("the reader takes nothing")
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:  # less room than select promised; wait again
+            continue
+
+
+def _read_exactly(fd: int, size: int, deadline: float) -> bytes | None:
+    """``size`` bytes from a pipe, None at its end, TimeoutError past ``deadline``."""
+    chunks: list[bytes] = []
+    while size:
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError("nothing to read")
+        try:
+            chunk = os.read(fd, min(size, 1 << 20))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_frame(stream: IO[bytes], value: object) -> None:
+    stream.write(_frame(value))
     stream.flush()
 
 

@@ -5,7 +5,9 @@ never costs a study its objects."""
 from __future__ import annotations
 
 import os
+import select
 import signal
+import time
 from collections.abc import Iterator
 from io import BytesIO
 
@@ -22,7 +24,9 @@ from workers.builder import (
     HELPER_KINDS,
     EncodedObject,
     ObjectBuilder,
+    _read_exactly,
     _without_pixels,
+    _write_all,
     build_and_encode,
 )
 
@@ -154,3 +158,27 @@ def test_helper_is_sent_no_pixel_data(studies: list[tuple[InferenceResult, Datas
     assert "PixelData" not in header and "PixelData" in source
     assert header.SOPInstanceUID == source.SOPInstanceUID
     assert np.array_equal(source.pixel_array, dcmread(source.filename).pixel_array)
+
+
+def test_pipe_io_gives_up_on_a_peer_that_stops() -> None:
+    """Writing to a pipe nobody reads and reading one nobody writes end at the deadline
+    instead of blocking the worker."""
+    read_end, write_end = os.pipe()
+    try:
+        os.set_blocking(write_end, False)
+        os.set_blocking(read_end, False)
+        with pytest.raises(TimeoutError):
+            _write_all(write_end, b"x" * 1_000_000, timeout=0.5)  # a pipe holds 64 KiB
+        assert _read_exactly(read_end, 10, time.monotonic() + 0.5) == b"x" * 10
+        while os.read(read_end, 1 << 20):
+            if not select.select([read_end], [], [], 0)[0]:
+                break
+        with pytest.raises(TimeoutError):
+            _read_exactly(read_end, 1, time.monotonic() + 0.5)
+        os.close(write_end)
+        write_end = -1
+        assert _read_exactly(read_end, 1, time.monotonic() + 0.5) is None  # its end
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
