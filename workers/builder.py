@@ -151,14 +151,17 @@ class ObjectBuilder:
         try:
             head = _read_exactly(fd, _LENGTH.size, deadline)
             data = _read_exactly(fd, _LENGTH.unpack(head)[0], deadline) if head else None
-            reply = pickle.loads(data) if data is not None else "it exited"  # noqa: S301
+            reply = pickle.loads(data) if data is not None else None  # noqa: S301
+            why = "it exited" if data is None else "unexpected reply"
         except TimeoutError:
-            reply = "timed out"
+            reply, why = None, "timed out"
         except (OSError, pickle.UnpicklingError, AttributeError, EOFError) as exc:
-            reply = f"unreadable reply: {type(exc).__name__}"
+            reply, why = None, f"unreadable reply: {type(exc).__name__}"
         if isinstance(reply, list):
             return reply
-        why = reply if isinstance(reply, str) else "unexpected reply"
+        if isinstance(reply, str):  # its builders raised; it is fine and keeps serving
+            logger.warning("object builder helper could not build (%s); building here", reply)
+            return None
         logger.warning("object builder helper failed (%s); building its objects here", why)
         self._stop()
         return None
