@@ -56,9 +56,7 @@ SETTINGS_FILE = "gazex.json"
 WEIGHTS_FILE = "model.safetensors"
 BACKBONE_CONFIG_FILE = "backbone_config.json"
 GAZE_MODES: tuple[str, ...] = ("ordered", "shuffled", "random", "none")
-FINDING_POOLS: tuple[str, ...] = ("attention", "attention+max")
-#: Sharpness of the log-mean-exp pooling of per-token finding logits.
-TOKEN_POOL_SHARPNESS = 5.0
+FINDING_POOLS: tuple[str, ...] = ("attention", "attention+global")
 
 
 class CheckpointError(ValueError):
@@ -116,14 +114,16 @@ class GazeXSettings:
     trained_on_synthetic_data: bool = True
     thresholds: tuple[float, ...] = field(default_factory=tuple)
     #: Finding head pooling: ``"attention"`` (one attention-pooled feature per finding) or
-    #: ``"attention+max"``, which adds a per-token logit pooled by a smooth maximum
-    #: (log-mean-exp, sharpness 5): multiple-instance evidence from the few tokens a thin
-    #: line or a small nodule covers.
+    #: ``"attention+global"``, which adds a logit per finding from the channel-wise maximum
+    #: and mean of the image tokens (evidence anywhere in the film: a line, a nodule).
     finding_pool: str = "attention"
     #: Second input channel: ``False`` repeats the film in all three channels; ``True`` puts
     #: the film's fine detail (film minus its Gaussian blur, sigma 2 px at model input) in
     #: the second one, so thin lines and small nodules stand out to the patch embedding.
     detail_channel: bool = False
+    #: Widths of the convolutional branch of the vision encoder (:class:`ConvBranch`), whose
+    #: features are added to the visual tokens; empty for the plain ViT.
+    conv_branch: tuple[int, ...] = ()
     #: Mean gap (ms) between key fixations and mean dwell, for timing fall-backs.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -158,7 +158,14 @@ class GazeXSettings:
     @classmethod
     def from_json(cls, text: str) -> GazeXSettings:
         data = json.loads(text)
-        for key in ("image_mean", "image_std", "finding_keys", "regions", "thresholds"):
+        for key in (
+            "image_mean",
+            "image_std",
+            "finding_keys",
+            "regions",
+            "thresholds",
+            "conv_branch",
+        ):
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -209,6 +216,92 @@ def scratch_config(size: ModelSize, codec: TextCodec, settings: GazeXSettings) -
     )
 
 
+class ConvBranch(nn.Module):
+    """A small CNN over the whole film whose features are added to the visual tokens.
+
+    A ViT this small, trained on a few thousand films, memorises them before it learns to
+    find a 1-2 px line or a few-pixel nodule anywhere in the image; convolutions have that
+    translation-equivariant, local prior built in (the hybrid design of the original ViT
+    paper). Each stage is a 3x3 convolution and GELU; the first stages halve the resolution
+    with a 2x2 max pool, the last is max- and mean-pooled over each LM token's window (the
+    merged patch: ``patch_size * merge_size`` px), and a linear layer maps that to the token
+    width. The output layer starts at zero, so a pretrained backbone's tokens are unchanged
+    at the first step. Reads the film from the packed patches, so it needs no other input.
+    """
+
+    def __init__(
+        self,
+        widths: tuple[int, ...],
+        out_dim: int,
+        *,
+        patch_size: int,
+        merge_size: int,
+        temporal_patch_size: int,
+        in_channels: int,
+    ) -> None:
+        super().__init__()
+        window = patch_size * merge_size
+        halvings = len(widths) - 1
+        if not widths or window % (2**halvings):
+            raise ValueError(
+                f"conv branch widths {widths}: {halvings} halvings do not divide the "
+                f"{window} px token window"
+            )
+        self.patch_size = patch_size
+        self.merge_size = merge_size
+        self.temporal_patch_size = temporal_patch_size
+        self.in_channels = in_channels
+        self.window = window // 2**halvings
+        layers: list[nn.Module] = []
+        previous = in_channels
+        for i, width in enumerate(widths):
+            layers += [
+                nn.Conv2d(previous, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.GELU(),
+            ]
+            if i < halvings:
+                layers.append(nn.MaxPool2d(2))
+            previous = width
+        self.features = nn.Sequential(*layers)
+        self.out = nn.Linear(2 * previous, out_dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def films(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """Each image's first frame (C, H, W), unpacked from Qwen2.5-VL's patch layout."""
+        p, m, c = self.patch_size, self.merge_size, self.in_channels
+        rows = pixel_values.view(-1, c, self.temporal_patch_size, p, p)[:, :, 0]
+        out = []
+        start = 0
+        for t, gh, gw in grid_thw.tolist():
+            n = t * gh * gw
+            x = rows[start : start + gh * gw].reshape(gh // m, gw // m, m, m, c, p, p)
+            out.append(x.permute(4, 0, 2, 5, 1, 3, 6).reshape(c, gh * p, gw * p))
+            start += n
+        return out
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """Per image (N_i, out_dim), in the visual tokens' row-major order."""
+        dtype = self.out.weight.dtype
+        out = []
+        films = self.films(pixel_values.to(dtype), grid_thw)
+        same = all(f.shape == films[0].shape for f in films)
+        groups = [torch.stack(films)] if same else [f[None] for f in films]
+        for x in groups:
+            f = self.features(x)
+            pooled = torch.cat(
+                [
+                    functional.max_pool2d(f, self.window),
+                    functional.avg_pool2d(f, self.window),
+                ],
+                dim=1,
+            )
+            tokens = self.out(pooled.flatten(2).transpose(1, 2))  # (B, N, out_dim)
+            out.extend(tokens.unbind(0))
+        return out
+
+
 @dataclass
 class HeadOutputs:
     """Per-batch outputs of the heads (logits, not probabilities)."""
@@ -253,11 +346,20 @@ class GazeXModel(nn.Module):
         self.box_mlp = nn.Sequential(nn.Linear(2 * d + 2, d), nn.GELU(), nn.Linear(d, 4))
         self.finding_norm = nn.LayerNorm(2 * d)
         nn.init.normal_(self.finding_cls, std=0.02)
-        self.finding_token: nn.Linear | None = None
-        if settings.finding_pool == "attention+max":
-            self.finding_token = nn.Linear(d, n_findings)
-            nn.init.normal_(self.finding_token.weight, std=0.02)
-            nn.init.zeros_(self.finding_token.bias)
+        self.conv_branch: ConvBranch | None = None
+        if settings.conv_branch:
+            vision: Any = vlm.config.vision_config
+            self.conv_branch = ConvBranch(
+                settings.conv_branch,
+                d,
+                patch_size=settings.patch_size,
+                merge_size=settings.merge_size,
+                temporal_patch_size=settings.temporal_patch_size,
+                in_channels=int(vision.in_channels),
+            )
+        self.finding_global: nn.Sequential | None = None
+        if settings.finding_pool == "attention+global":
+            self.finding_global = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, n_findings))
         self.image_token_id = codec.id(IMAGE_PAD)
         self.gaze_token_id = codec.id(GAZE)
         self.gaze_end_id = codec.id(GAZE_END)
@@ -357,7 +459,11 @@ class GazeXModel(nn.Module):
     ) -> list[torch.Tensor]:
         """Visual tokens (merged patches) per image, each (N_i, d)."""
         out = self.vlm.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-        return list(out.pooler_output)
+        feats = list(out.pooler_output)
+        if self.conv_branch is not None:
+            extra = self.conv_branch(pixel_values, image_grid_thw)
+            feats = [f + e.to(f.dtype) for f, e in zip(feats, extra, strict=True)]
+        return feats
 
     def rope_positions(
         self,
@@ -432,14 +538,13 @@ class GazeXModel(nn.Module):
             torch.cat([h_end[:, None, :].expand_as(pooled), pooled], dim=-1)
         )
         finding_logits = (features * self.finding_cls[None]).sum(-1) + self.finding_bias
-        if self.finding_token is not None:
-            # Multiple-instance evidence: a smooth maximum over the image tokens of a
-            # per-token logit (log-mean-exp, so an empty image scores the mean, not +inf).
-            r = TOKEN_POOL_SHARPNESS
-            token = self.finding_token(h_img).transpose(1, 2) * r  # (B, F, N)
-            token = token.masked_fill(~img_mask[:, None, :], float("-inf"))
-            count = img_mask.sum(-1).clamp(min=1).to(token.dtype)[:, None]
-            finding_logits = finding_logits + (torch.logsumexp(token, -1) - count.log()) / r
+        if self.finding_global is not None:
+            # Channel-wise maximum and mean over the image tokens: "is this feature anywhere
+            # in the film", whatever the finding queries attend to.
+            valid = img_mask[..., None]
+            peak = h_img.masked_fill(~valid, float("-inf")).amax(dim=1)
+            mean = (h_img * valid).sum(1) / valid.sum(1).clamp(min=1).to(h_img.dtype)
+            finding_logits = finding_logits + self.finding_global(torch.cat([peak, mean], -1))
         # Attention centroid in image fractions: token (r, c) centre is ((c+.5)/gw, (r+.5)/gh).
         n = h_img.shape[1]
         idx = torch.arange(n, device=h_img.device)[None, :]

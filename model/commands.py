@@ -7,19 +7,25 @@ command functions only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from model.architecture import GazeXSettings
     from model.data.sample import GazeSample
+    from model.training import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 FORMATS = ("synthetic", "reflacx", "egd", "mimic-eye")
 SIZES = ("small", "tiny")
+# The same as model.architecture's GAZE_MODES and FINDING_POOLS (a test keeps them equal),
+# spelled out here so that registering the commands imports no torch.
 GAZE_MODE_CHOICES = ("ordered", "shuffled", "random", "none")
+FINDING_POOL_CHOICES = ("attention", "attention+global")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,40 +47,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     train.add_argument("--format", choices=FORMATS, default="synthetic")
     train.add_argument("--out", required=True, type=Path, metavar="DIR")
     train.add_argument("--backbone", type=Path, metavar="DIR", help="local Qwen2.5-VL folder")
-    train.add_argument("--epochs", type=int, default=6, help="multitask epochs (default 6)")
-    train.add_argument("--gaze-epochs", type=int, default=2, help="gaze-stage epochs")
+    train.add_argument("--epochs", type=int, default=9, help="multitask epochs (default 9)")
+    train.add_argument("--gaze-epochs", type=int, default=1, help="gaze-stage epochs (default 1)")
     train.add_argument("--batch-size", type=int, default=8)
     train.add_argument("--lr", type=float, default=1.5e-3)
-    train.add_argument(
-        "--finding-weight", type=float, default=1.0, help="weight of the finding loss (default 1)"
-    )
-    train.add_argument(
-        "--balance-gaze-labels",
-        action="store_true",
-        help="weight the gaze tokens' step/region losses by 1/sqrt(class frequency)",
-    )
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--size", choices=SIZES, default="small")
     train.add_argument("--gaze-mode", choices=GAZE_MODE_CHOICES, default="ordered")
     train.add_argument("--gaze-tokens", type=int, default=12, help="K, the number of <st>")
     train.add_argument("--max-pixels", type=int, default=224 * 224)
-    train.add_argument(
-        "--finding-pool",
-        choices=("attention", "attention+max"),
-        default="attention",
-        help="finding head pooling (attention+max adds per-token evidence, smooth max)",
-    )
-    train.add_argument(
-        "--detail-channel",
-        action="store_true",
-        help="fine detail (film minus blur) as the second input channel",
-    )
+    add_recipe_arguments(train)
     train.add_argument("--max-samples", type=int, help="use at most this many per folder")
     train.add_argument(
         "--exclude-reader", action="append", default=[], metavar="ID", help="hold a reader out"
     )
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    train.add_argument("--threads", type=int, help="CPU threads (default 1: cores are shared)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=run_train)
 
@@ -101,23 +86,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ev.add_argument("--ablation-epochs", type=int, default=4, help="multitask epochs each")
     ev.add_argument("--ablation-gaze-epochs", type=int, default=1)
     ev.add_argument("--ablation-max-samples", type=int)
-    ev.add_argument("--size", choices=SIZES, default="small")
-    ev.add_argument(
-        "--finding-pool",
-        choices=("attention", "attention+max"),
-        default="attention",
-        help="finding head pooling of the ablation models (as gazex train)",
-    )
-    ev.add_argument("--detail-channel", action="store_true", help="ablation models: as gazex train")
-    ev.add_argument(
-        "--balance-gaze-labels", action="store_true", help="ablation models: as gazex train"
-    )
+    add_recipe_arguments(ev, for_ablation=True)
     ev.add_argument(
         "--ablation-modes",
         default="ordered,shuffled,random,none",
         help="comma-separated gaze modes to train and compare (default all four)",
     )
-    ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(func=run_eval)
 
     pr = subparsers.add_parser(
@@ -142,33 +116,90 @@ def _indexed(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
 
 
-def run_train(args: argparse.Namespace) -> int:
+def add_recipe_arguments(parser: argparse.ArgumentParser, for_ablation: bool = False) -> None:
+    """Options of how a model is built and trained, shared by ``gazex train`` and the
+    ablation models of ``gazex eval --ablation``; the defaults are the shipped recipe
+    (``model/MODEL_CARD.md``)."""
+    prefix = "ablation models: " if for_ablation else ""
+    parser.add_argument("--size", choices=SIZES, default="small", help=f"{prefix}backbone size")
+    parser.add_argument(
+        "--conv-branch",
+        type=int,
+        nargs="*",
+        default=[16, 32, 64],
+        metavar="C",
+        help=f"{prefix}widths of the vision encoder's convolutional branch "
+        "(default 16 32 64; none given: a plain ViT)",
+    )
+    parser.add_argument(
+        "--finding-pool",
+        choices=FINDING_POOL_CHOICES,
+        default="attention+global",
+        help=f"{prefix}finding head pooling (attention+global adds the image tokens' "
+        "channel-wise maximum and mean)",
+    )
+    for flag, what in (
+        ("--detail-channel", "fine detail (film minus blur) as the second input channel"),
+        ("--own-gaze", "multitask stage: feed back the model's own fixations, not the reader's"),
+        ("--balance-gaze-labels", "weight the gaze step/region losses by 1/sqrt(frequency)"),
+    ):
+        parser.add_argument(
+            flag, action=argparse.BooleanOptionalAction, default=True, help=prefix + what
+        )
+    parser.add_argument(
+        "--finding-weight", type=float, default=3.0, help=f"{prefix}finding loss weight (default 3)"
+    )
+    parser.add_argument(
+        "--box-weight", type=float, default=0.5, help=f"{prefix}box loss weight (default 0.5)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="CPU threads (default 1)")
+
+
+def recipe(args: argparse.Namespace, **fixed: Any) -> tuple[GazeXSettings, TrainConfig]:
+    """Settings and training configuration from :func:`add_recipe_arguments`' options
+    plus ``fixed`` (the gaze mode, epochs and whatever else the command fixes itself)."""
     from model.architecture import TINY, GazeXSettings, ModelSize
+    from model.training import TrainConfig
+
+    setting_names = {f.name for f in dataclasses.fields(GazeXSettings)}
+    settings = GazeXSettings(
+        conv_branch=tuple(args.conv_branch),
+        detail_channel=args.detail_channel,
+        finding_pool=args.finding_pool,
+        **{k: v for k, v in fixed.items() if k in setting_names},
+    )
+    config = TrainConfig(
+        size=TINY if args.size == "tiny" else ModelSize(),
+        own_gaze=args.own_gaze,
+        balance_gaze_labels=args.balance_gaze_labels,
+        finding_weight=args.finding_weight,
+        box_weight=args.box_weight,
+        seed=args.seed,
+        threads=args.threads,
+        **{k: v for k, v in fixed.items() if k not in setting_names},
+    )
+    return settings, config
+
+
+def run_train(args: argparse.Namespace) -> int:
     from model.datasets import load_split
-    from model.training import TrainConfig, train
+    from model.training import train
 
     samples = load_split(
         args.data, args.format, "train", args.max_samples, exclude_readers=args.exclude_reader
     )
     train_samples, val_samples = split_validation(samples)
-    settings = GazeXSettings(
-        num_gaze_tokens=args.gaze_tokens,
+    settings, config = recipe(
+        args,
         gaze_mode=args.gaze_mode,
-        max_pixels=args.max_pixels,
-        finding_pool=args.finding_pool,
-        detail_channel=args.detail_channel,
-    )
-    config = TrainConfig(
         gaze_epochs=args.gaze_epochs,
         multitask_epochs=args.epochs,
+        num_gaze_tokens=args.gaze_tokens,
+        max_pixels=args.max_pixels,
         batch_size=args.batch_size,
         lr=args.lr,
-        finding_weight=args.finding_weight,
-        balance_gaze_labels=args.balance_gaze_labels,
-        seed=args.seed,
-        size=TINY if args.size == "tiny" else ModelSize(),
         progress=not args.no_progress,
-        threads=args.threads,
     )
     logger.info(
         "training on %d samples (%d held out for thresholds)", len(train_samples), len(val_samples)
@@ -206,7 +237,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from model.predictor import default_checkpoint
 
     device = select_device(args.device)
-    configure_threads(device)
+    configure_threads(device, args.threads)
     test = load_split(args.data, args.format, "test", args.max_samples, readers=args.reader)
     columns = {}
     if not args.ablation:
@@ -220,8 +251,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if args.train_data is None:
         raise ValueError("--ablation needs --train-data DIR (the data the four models train on)")
-    from model.architecture import TINY, GazeXSettings, ModelSize
-    from model.training import TrainConfig, train
+    from model.training import train
 
     samples = load_split(
         args.train_data,
@@ -236,12 +266,11 @@ def run_eval(args: argparse.Namespace) -> int:
     if unknown or not modes:
         raise ValueError(f"--ablation-modes: unknown gaze modes {unknown or modes}")
     for mode in modes:
-        config = TrainConfig(
+        settings, config = recipe(
+            args,
+            gaze_mode=mode,
             gaze_epochs=args.ablation_gaze_epochs,
             multitask_epochs=args.ablation_epochs,
-            seed=args.seed,
-            size=TINY if args.size == "tiny" else ModelSize(),
-            balance_gaze_labels=args.balance_gaze_labels,
             progress=False,
         )
         out = args.out / f"ablation-{mode}"
@@ -249,11 +278,7 @@ def run_eval(args: argparse.Namespace) -> int:
         model = train(
             train_samples,
             out / "checkpoint",
-            GazeXSettings(
-                gaze_mode=mode,
-                finding_pool=args.finding_pool,
-                detail_channel=args.detail_channel,
-            ),
+            settings,
             config,
             val_samples=val_samples,
             device=device,

@@ -10,7 +10,6 @@ import logging
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from model.abcdef import STEPS, Step
-from model.architecture import GazeXModel, GazeXSettings
+from model.architecture import GazeXModel
 from model.batching import key_fixations, report_text
 from model.data.sample import GazeSample
 from model.data.supervision import locate_points
@@ -300,7 +299,3 @@ def evaluate(
     if out_dir is not None:
         write_outputs(model, samples, outputs, metrics, out_dir)
     return metrics
-
-
-def ablation_settings(base: GazeXSettings, mode: str) -> GazeXSettings:
-    return replace(base, gaze_mode=mode, thresholds=())

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.nn import functional
 
@@ -58,6 +59,11 @@ class TrainConfig:
     max_vqa: int = 1
     #: Weight of the finding (multi-label BCE) loss in the multitask stage.
     finding_weight: float = 1.0
+    #: Weight of the box loss (L1 + GIoU) in the multitask stage.
+    box_weight: float = 2.0
+    #: Multitask stage: feed each ``<st>`` the patch the model itself chose at the previous
+    #: one instead of the reader's fixation (:func:`own_fixations`).
+    own_gaze: bool = False
     #: Weight the step and region cross-entropies of the gaze tokens by the inverse square
     #: root of each class's frequency among the key fixations, so brief steps (E: spine and
     #: clavicles) are not out-voted by the lung zones.
@@ -77,8 +83,13 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def forward_batch(model: GazeXModel, batch: dict[str, Any]) -> HeadOutputs:
-    """Teacher-forced forward over a collated batch."""
+def forward_batch(model: GazeXModel, batch: dict[str, Any], own_gaze: bool = False) -> HeadOutputs:
+    """Teacher-forced forward over a collated batch.
+
+    ``<st>`` number j+1 carries the visual feature of fixation j: the reader's (teacher
+    forcing), or with ``own_gaze`` the patch the model itself points to at ``<st>`` j
+    given the reader's earlier fixations (:func:`own_fixations`).
+    """
     input_ids: torch.Tensor = batch["input_ids"]
     attention_mask: torch.Tensor = batch["attention_mask"]
     feats = model.image_features(batch["pixel_values"], batch["image_grid_thw"])
@@ -91,15 +102,12 @@ def forward_batch(model: GazeXModel, batch: dict[str, Any]) -> HeadOutputs:
     rows = torch.arange(b, device=input_ids.device)
     gaze_positions: torch.Tensor = batch["gaze_positions"]
     targets: torch.Tensor = batch["gaze_targets"]
-    if k > 1:
-        # <st> number j+1 carries the visual feature of fixation j (teacher forcing).
-        prev = targets[:, : k - 1]
-        valid = (prev != IGNORE).to(embeds.dtype)[..., None]
-        fed = img_in[rows[:, None], prev.clamp(min=0)]
-        delta = torch.zeros_like(embeds)
-        delta[rows[:, None], gaze_positions[:, 1:k]] = model.gaze_feedback(fed) * valid
-        embeds = embeds + delta
     positions = model.rope_positions(input_ids, batch["image_grid_thw"], attention_mask)
+    if k > 1:
+        fed = targets[:, : k - 1]
+        if own_gaze:
+            fed = own_fixations(model, batch, embeds, positions, img_in)
+        embeds = embeds + gaze_feedback(model, embeds, img_in, fed, gaze_positions[:, 1:k])
     hidden, _ = model.decoder(embeds, positions, attention_mask)
     n_per = [int(f.shape[0]) for f in feats]
     h_img, img_mask = pad_image_tokens(list(torch.split(hidden[image_positions], n_per)))
@@ -127,6 +135,58 @@ def forward_batch(model: GazeXModel, batch: dict[str, Any]) -> HeadOutputs:
         boxes=boxes,
         lm_logits=model.lm_logits(hidden),
     )
+
+
+def gaze_feedback(
+    model: GazeXModel,
+    embeds: torch.Tensor,
+    img_in: torch.Tensor,
+    fed: torch.Tensor,
+    at: torch.Tensor,
+) -> torch.Tensor:
+    """What to add to ``embeds``: the visual feature of patch ``fed[:, j]`` at ``at[:, j]``."""
+    rows = torch.arange(embeds.shape[0], device=embeds.device)[:, None]
+    valid = (fed != IGNORE).to(embeds.dtype)[..., None]
+    delta = torch.zeros_like(embeds)
+    delta[rows, at] = model.gaze_feedback(img_in[rows, fed.clamp(min=0)]) * valid
+    return delta
+
+
+@torch.no_grad()
+def own_fixations(
+    model: GazeXModel,
+    batch: dict[str, Any],
+    embeds: torch.Tensor,
+    positions: torch.Tensor,
+    img_in: torch.Tensor,
+) -> torch.Tensor:
+    """The patch the model points to at each of the first K-1 ``<st>`` (B, K-1).
+
+    One teacher-forced pass over the sequence up to ``<|gaze_end|>``, without gradients.
+    Fed back in place of the reader's fixations, it makes the multitask stage see the
+    scanpath the model will produce at inference: with the reader's own fixations fed in,
+    the finding head learns to read the *reader's* scanpath (readers dwell on what is
+    abnormal), which is not there at inference.
+    """
+    k = int(batch["num_gaze_tokens"])
+    end = int(batch["gaze_end_position"].max()) + 1
+    grid: list[list[int]] = batch["image_grid_thw"].tolist()
+    at: torch.Tensor = batch["gaze_positions"][:, :k]
+    targets: torch.Tensor = batch["gaze_targets"][:, :k]
+    embeds = embeds[:, :end].detach()
+    img_in = img_in.detach()
+    embeds = embeds + gaze_feedback(model, embeds, img_in, targets[:, : k - 1], at[:, 1:])
+    hidden, _ = model.decoder(embeds, positions[..., :end], batch["attention_mask"][:, :end])
+    n_per = [int(t * h * w) // model.settings.merge_size**2 for t, h, w in grid]
+    image_positions = batch["input_ids"][:, :end] == model.image_token_id
+    h_img, img_mask = pad_image_tokens(list(torch.split(hidden[image_positions], n_per)))
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+    logits, _, _, _ = model.gaze_outputs(hidden[rows, at[:, : k - 1]], h_img, img_mask)
+    # As at inference: never the patch just fixated.
+    previous = targets[:, : k - 2].clamp(min=0)
+    logits[:, 1:] = logits[:, 1:].scatter(-1, previous[..., None], float("-inf"))
+    chosen = logits.argmax(dim=-1)
+    return chosen.masked_fill(targets[:, : k - 1] == IGNORE, IGNORE)
 
 
 def box_corners(boxes: torch.Tensor) -> torch.Tensor:
@@ -159,8 +219,14 @@ def compute_losses(
     batch: dict[str, Any],
     stage: str,
     label_weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+    *,
+    finding_weight: float = 1.0,
+    box_weight: float = 2.0,
+    own_gaze: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-task losses; the ``gaze`` stage trains only the scanpath heads.
+
+    ``finding_weight``, ``box_weight`` and ``own_gaze`` are :class:`TrainConfig`'s.
 
     ``label_weights`` are (region, step) class weights of the gaze tokens' cross-entropies
     (:func:`gaze_label_weights`), None for unweighted.
@@ -176,7 +242,7 @@ def compute_losses(
             "attention_mask": batch["attention_mask"][:, :end],
             "lm_labels": batch["lm_labels"][:, :end],
         }
-    out = forward_batch(model, batch)
+    out = forward_batch(model, batch, own_gaze=own_gaze and stage != "gaze")
     losses: dict[str, torch.Tensor] = {}
     if k > 0:
         targets = batch["gaze_targets"][:, :k]
@@ -219,11 +285,13 @@ def compute_losses(
     losses["finding"] = masked_bce(
         out.finding_logits, batch["finding_labels"], batch["finding_known"]
     )
+    if finding_weight != 1.0:
+        losses["finding"] = finding_weight * losses["finding"]
     present_box = batch["box_known"] & (batch["finding_labels"] > 0.5)
     if bool(present_box.any()):
         pred = out.boxes[present_box]
         tgt = batch["boxes"][present_box]
-        losses["box"] = 2.0 * (functional.l1_loss(pred, tgt) + giou_loss(pred, tgt).mean())
+        losses["box"] = box_weight * (functional.l1_loss(pred, tgt) + giou_loss(pred, tgt).mean())
     else:
         losses["box"] = out.boxes.sum() * 0.0
     mask_valid = batch["mask_known"][..., None] & (
@@ -423,9 +491,15 @@ def train(
                 collate(examples, model.codec, settings.effective_gaze_tokens, spec), dev
             )
             with autocast(dev):
-                losses = compute_losses(model, batch, stage, label_weights)
-                if "finding" in losses and config.finding_weight != 1.0:
-                    losses["finding"] = config.finding_weight * losses["finding"]
+                losses = compute_losses(
+                    model,
+                    batch,
+                    stage,
+                    label_weights,
+                    finding_weight=config.finding_weight,
+                    box_weight=config.box_weight,
+                    own_gaze=config.own_gaze,
+                )
             loss = sum(losses.values(), torch.zeros((), device=dev))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
@@ -478,6 +552,10 @@ def _config_key(config: TrainConfig, settings: GazeXSettings) -> dict[str, Any]:
     key.pop("progress", None)
     key.pop("threads", None)
     key.pop("log_every", None)
+    if not key.get("own_gaze"):
+        key.pop("own_gaze", None)
+    if key.get("box_weight") == 2.0:
+        key.pop("box_weight")
     if key.get("finding_weight") == 1.0:
         key.pop("finding_weight")  # the default: states saved before the option still resume
     if not key.get("balance_gaze_labels"):
@@ -487,6 +565,8 @@ def _config_key(config: TrainConfig, settings: GazeXSettings) -> dict[str, Any]:
         key["finding_pool"] = settings.finding_pool
     if settings.detail_channel:
         key["detail_channel"] = True
+    if settings.conv_branch:
+        key["conv_branch"] = list(settings.conv_branch)
     key["num_gaze_tokens"] = settings.num_gaze_tokens
     key["max_pixels"] = settings.max_pixels
     return key
@@ -502,7 +582,7 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 def calibrate_thresholds(
     model: GazeXModel, samples: Sequence[GazeSample], device: torch.device
 ) -> tuple[float, ...]:
-    """Per-finding thresholds maximising F1 on held-out samples (0.5 when undecidable)."""
+    """Per-finding thresholds maximising F1 on held-out samples (:func:`f1_threshold`)."""
     from model.inference import InferenceEngine
 
     engine = InferenceEngine(model, device)
@@ -511,14 +591,26 @@ def calibrate_thresholds(
     thresholds = []
     for i, key in enumerate(model.settings.finding_keys):
         y = np.array([bool(s.labels.get(key, False)) for s in samples])
-        p = probs[:, i]
-        best_t, best_f1 = 0.5, -1.0
-        if y.any() and (~y).any():
-            for t in np.linspace(0.05, 0.95, 19):
-                pred = p >= t
-                tp = float((pred & y).sum())
-                f1 = 2 * tp / max(float(pred.sum() + y.sum()), 1.0)
-                if f1 > best_f1:
-                    best_t, best_f1 = float(t), f1
-        thresholds.append(round(best_t, 3))
+        thresholds.append(f1_threshold(y, probs[:, i]))
     return tuple(thresholds)
+
+
+def f1_threshold(labels: npt.NDArray[np.bool_], probabilities: npt.NDArray[Any]) -> float:
+    """The threshold in 0.05, 0.10, ..., 0.95 with the best F1; 0.5 when undecidable.
+
+    When several tie (a finding the held-out films separate cleanly), the middle one: the
+    lowest would flag every film whose probability merely clears the negatives seen here.
+    """
+    if labels.all() or not labels.any():
+        return 0.5
+    grid = np.round(np.linspace(0.05, 0.95, 19), 3)
+    f1 = np.array(
+        [
+            2
+            * float((labels & (probabilities >= t)).sum())
+            / max(float((probabilities >= t).sum() + labels.sum()), 1.0)
+            for t in grid
+        ]
+    )
+    best = grid[f1 >= f1.max() - 1e-9]
+    return float(best[(len(best) - 1) // 2])

@@ -110,6 +110,37 @@ def test_gaze_targets_follow_the_reader_in_time(tiny_samples: list[GazeSample]) 
     assert none.gaze_targets == [] and codec.id("<st>") not in none.input_ids
 
 
+def test_own_gaze_feeds_back_the_patch_the_model_points_to(
+    tiny_samples: list[GazeSample],
+) -> None:
+    """With own gaze, <st> number j+1 carries the patch the model's pointer chose at <st> j
+    (never the patch just fixated), not the reader's fixation: the same forward as feeding
+    those choices in as if the reader had made them."""
+    import random
+
+    from model.batching import IGNORE
+    from model.training import forward_batch
+
+    torch.manual_seed(0)
+    model = _tiny_model(tiny_samples).eval()
+    prepared = prepare_samples(tiny_samples[:4], SETTINGS)
+    batches = epoch_batches(prepared, model.codec, SETTINGS, 4, random.Random(0), 1, False)
+    batch = collate(batches[0], model.codec, SETTINGS.num_gaze_tokens, SETTINGS.patch_spec)
+    k = SETTINGS.num_gaze_tokens
+    targets = batch["gaze_targets"][:, :k]
+    with torch.no_grad():
+        logits = forward_batch(model, batch).gaze_logits[:, : k - 1].clone()
+        for j in range(1, k - 1):
+            logits[torch.arange(len(logits)), j, targets[:, j - 1].clamp(min=0)] = float("-inf")
+        chosen = logits.argmax(-1).masked_fill(targets[:, : k - 1] == IGNORE, IGNORE)
+        assert not torch.equal(chosen, targets[:, : k - 1])
+        fed = dict(batch, gaze_targets=torch.cat([chosen, targets[:, k - 1 :]], dim=1))
+        own = forward_batch(model, batch, own_gaze=True)
+        expected = forward_batch(model, fed)
+    torch.testing.assert_close(own.finding_logits, expected.finding_logits)
+    torch.testing.assert_close(own.gaze_logits, expected.gaze_logits)
+
+
 def test_checkpoint_round_trip_gives_identical_outputs(
     tiny_checkpoint: Path, tiny_samples: list[GazeSample]
 ) -> None:
@@ -243,25 +274,33 @@ def test_key_fixations_keep_the_device_check_of_a_normal_film() -> None:
 
 
 @pytest.mark.parametrize(
-    ("finding_pool", "detail_channel"), [("attention+max", False), ("attention", True)]
+    ("finding_pool", "detail_channel", "conv_branch"),
+    [("attention+global", False, (4, 8)), ("attention", True, ())],
 )
 def test_finding_head_options_train_save_and_load(
-    tiny_samples: list[GazeSample], tmp_path: Path, finding_pool: str, detail_channel: bool
+    tiny_samples: list[GazeSample],
+    tmp_path: Path,
+    finding_pool: str,
+    detail_channel: bool,
+    conv_branch: tuple[int, ...],
 ) -> None:
-    """The per-token (smooth max) finding evidence and the detail input channel train,
-    survive a save/load with the same outputs, and leave the default settings unchanged."""
+    """The global finding evidence, the convolutional branch (batch norm statistics
+    included) and the detail input channel train, survive a save/load with the same
+    outputs, and leave the default settings unchanged."""
     import dataclasses
     import random
 
     assert GazeXSettings().finding_pool == "attention"
     assert not GazeXSettings().detail_channel
+    assert GazeXSettings().conv_branch == ()
     settings = dataclasses.replace(
-        SETTINGS, finding_pool=finding_pool, detail_channel=detail_channel
+        SETTINGS, finding_pool=finding_pool, detail_channel=detail_channel, conv_branch=conv_branch
     )
     codec = TextCodec(train_tokenizer(corpus(tiny_samples), vocab_size=400))
     torch.manual_seed(0)
     model = GazeXModel.from_scratch(codec, settings, TINY, seed=0)
-    assert (model.finding_token is not None) == (finding_pool == "attention+max")
+    assert (model.finding_global is not None) == (finding_pool == "attention+global")
+    assert (model.conv_branch is not None) == bool(conv_branch)
     prepared = prepare_samples(tiny_samples[:8], settings)
     batches = epoch_batches(prepared, model.codec, settings, 8, random.Random(0), 1, False)
     batch = collate(batches[0], model.codec, settings.num_gaze_tokens, settings.patch_spec)
@@ -316,3 +355,16 @@ def test_gaze_label_weights_favour_rare_steps(tiny_samples: list[GazeSample]) ->
     batch = collate(batches[0], model.codec, SETTINGS.num_gaze_tokens, SETTINGS.patch_spec)
     losses = compute_losses(model, batch, "gaze", (region_w, step_w))
     assert torch.isfinite(losses["step"]) and torch.isfinite(losses["region"])
+
+
+def test_thresholds_maximise_f1_and_sit_mid_way_when_several_do() -> None:
+    """The calibrated threshold has the best F1; of a run of equally good ones the middle
+    is taken, not the lowest; with one class only it is 0.5."""
+    from model.training import f1_threshold
+
+    labels = np.array([False] * 6 + [True] * 4)
+    separated = np.array([0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.8, 0.9, 0.95, 0.97])
+    assert f1_threshold(labels, separated) == pytest.approx(0.5)
+    overlapping = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.62, 0.61, 0.7, 0.8, 0.9])
+    assert f1_threshold(labels, overlapping) == pytest.approx(0.55)
+    assert f1_threshold(np.zeros(4, dtype=bool), np.full(4, 0.3)) == 0.5
