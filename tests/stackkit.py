@@ -30,8 +30,9 @@ RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 REDIS = "redis://127.0.0.1:6379/0"
 
 
-def chest_study(folder: Path, seed: int = 3, lateral: bool = True) -> list[Path]:
-    """A synthetic PA chest radiograph written as DX by the data layer, and optionally a
+def chest_study(folder: Path, seed: int = 7, lateral: bool = True) -> list[Path]:
+    """A synthetic PA chest radiograph written as DX by the data layer (seed 7 draws
+    cardiomegaly and atelectasis, so the findings SEG is built too), and optionally a
     second image labelled lateral (the generator draws frontal films only; the label is
     what the pipeline's image selection reads)."""
     sample = generate_sample(seed, height=640, width=576, view="PA")
@@ -203,11 +204,12 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def check_results(stack: Stack, sent: list[Path]) -> list[Dataset]:
-    """Results in the destination: SR, SEG and GSPS in the study, valid, referencing the PA."""
+    """Results in the destination: two SRs, the findings and attention SEGs and the GSPS
+    in the study, valid, referencing the PA."""
     pa = dcmread(sent[0])
-    objects = stack.received(expected=4)
+    objects = stack.received(expected=5)
     classes = sorted(str(ds.SOPClassUID) for ds in objects)
-    assert classes.count(SR) == 2 and SEG in classes and GSPS in classes, classes
+    assert classes.count(SR) == 2 and classes.count(SEG) == 2 and GSPS in classes, classes
     assert len({str(ds.SOPInstanceUID) for ds in objects}) == len(objects)
     for ds in objects:
         assert ds.StudyInstanceUID == pa.StudyInstanceUID
