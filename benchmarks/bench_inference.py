@@ -1,7 +1,7 @@
 """Inference latency of the shipped checkpoint on this machine (not a test).
 
 Per PA image, DICOM decode included: a synthetic 2500 x 2048 12-bit PA film (from
-``model.data.synth``) is serialised once, then each timed run parses the bytes with pydicom,
+``model.train.gazedata.synth``) is serialised once, then each timed run parses it with pydicom,
 decodes the pixels (Modality LUT, VOI window, MONOCHROME handling), runs the model (scanpath,
 findings, boxes, report) and builds the ``InferenceResult``. Batched throughput sends
 several films in one ``predict`` call. The baseline, measured in the same run, is the
@@ -32,7 +32,7 @@ from pydicom.uid import (
 
 def film_bytes(rows: int, columns: int, seed: int, jpeg2000: bool) -> bytes:
     """A synthetic PA film as DICOM bytes (12 bit stored, window in the header)."""
-    from model.data.synth import generate_sample
+    from model.train.gazedata.synth import generate_sample
 
     image = generate_sample(seed, height=rows, width=columns, view="PA").image
     stored = np.round(image * 4095).astype(np.uint16)
@@ -82,7 +82,7 @@ def main() -> None:
 
     import torch
 
-    from model.batching import prepare_image
+    from model.imaging import prepare_image
     from model.pixels import display_image
     from model.predictor import Predictor
 

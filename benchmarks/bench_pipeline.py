@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import create_engine, text
 
-from model.data.images import write_dicom
-from model.data.synth import generate_sample
+from model.train.gazedata.images import write_dicom
+from model.train.gazedata.synth import generate_sample
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from nodekit import DCMTK_ENV, free_port, wait_port

@@ -29,7 +29,7 @@ from pathlib import Path
 def _png_only(job: tuple[int, int, str]) -> int:
     import numpy as np
 
-    from model.data.images import write_png
+    from model.train.gazedata.images import write_png
 
     seed, size, out = job
     img = np.random.default_rng(0).random((size, size), dtype=np.float32)
@@ -38,7 +38,7 @@ def _png_only(job: tuple[int, int, str]) -> int:
 
 
 def _render(job: tuple[int, int, str]) -> int:
-    from model.data.synth import render_case, sample_case
+    from model.train.gazedata.synth import render_case, sample_case
 
     seed, size, _ = job
     render_case(sample_case(seed), size, size)
@@ -46,7 +46,7 @@ def _render(job: tuple[int, int, str]) -> int:
 
 
 def _sample(job: tuple[int, int, str]) -> int:
-    from model.data.synth import generate_sample
+    from model.train.gazedata.synth import generate_sample
 
     seed, size, _ = job
     generate_sample(seed, size=size)
@@ -54,8 +54,8 @@ def _sample(job: tuple[int, int, str]) -> int:
 
 
 def _reflacx(job: tuple[int, int, str]) -> int:
-    from model.data import reflacx
-    from model.data.synth import generate_sample
+    from model.train.gazedata import reflacx
+    from model.train.gazedata.synth import generate_sample
 
     seed, size, out = job
     reflacx.write_case(generate_sample(seed, size=size), Path(out), ".png")
@@ -63,8 +63,8 @@ def _reflacx(job: tuple[int, int, str]) -> int:
 
 
 def _egd(job: tuple[int, int, str]) -> int:
-    from model.data import egd
-    from model.data.synth import generate_sample
+    from model.train.gazedata import egd
+    from model.train.gazedata.synth import generate_sample
 
     seed, size, out = job
     s = generate_sample(seed, size=size)

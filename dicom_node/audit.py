@@ -13,17 +13,15 @@ or ID.
 
 ``AuditLog.add(session, ...)`` writes the row in the caller's transaction, and the JSON
 line once that transaction commits; ``AuditLog.record(...)`` is its own transaction.
-``gazex audit`` lists and filters the table.
+``query`` reads it back (``gazex audit``, in ``dicom_node.cli.audit``).
 """
 
 from __future__ import annotations
 
-import argparse
 import getpass
 import json
 import logging
 import os
-import sys
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,7 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import logs
-from dicom_node.models import AuditEvent, utcnow
+from dicom_node.db.models import AuditEvent, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +57,7 @@ class _Line:
     entry: dict[str, Any]
 
 
-def _as_dict(row: AuditEvent) -> dict[str, Any]:
+def as_dict(row: AuditEvent) -> dict[str, Any]:
     entry: dict[str, Any] = {"id": row.id} if row.id is not None else {}
     entry |= {
         "at": row.at.astimezone(UTC).isoformat(timespec="milliseconds"),
@@ -152,7 +150,7 @@ class AuditLog:
         )
         session.add(row)
         if self.path is not None:
-            session.info.setdefault(_PENDING, []).append(_Line(self.path, _as_dict(row)))
+            session.info.setdefault(_PENDING, []).append(_Line(self.path, as_dict(row)))
         return row
 
     def record(self, kind: str, action: str, **fields: str | None) -> None:
@@ -203,80 +201,3 @@ def query(
         rows = list(session.scalars(statement))
     rows.reverse()
     return rows
-
-
-def parse_since(value: str) -> datetime:
-    """An ISO 8601 date or date-time; without a zone it is UTC."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an ISO date or date-time (e.g. 2026-11-23T08:00)"
-        ) from None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _positive(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return number
-
-
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """``gazex audit``."""
-    audit = subparsers.add_parser(
-        "audit",
-        help="list the audit trail (associations, studies, results, configuration changes)",
-        description="List audit events, oldest first (the newest --limit of them).",
-    )
-    audit.add_argument("--kind", choices=KINDS, help="only events of this kind")
-    audit.add_argument("--ae", dest="ae_title", metavar="AE", help="only events about this AE")
-    audit.add_argument(
-        "--since", type=parse_since, metavar="ISO", help="only events at or after (UTC default)"
-    )
-    audit.add_argument("--limit", type=_positive, default=100, metavar="N", help="default 100")
-    audit.add_argument("--json", action="store_true", help="one JSON object per line")
-    audit.set_defaults(func=cmd_audit)
-
-
-def cmd_audit(args: argparse.Namespace) -> int:
-    from dicom_node.commands import open_database, settings_from
-
-    sessions = open_database(settings_from(args))
-    rows = query(
-        sessions, kind=args.kind, ae_title=args.ae_title, since=args.since, limit=args.limit
-    )
-    if args.json:
-        for row in rows:
-            print(json.dumps(_as_dict(row), ensure_ascii=False))
-        return 0
-    header = ("TIME (UTC)", "KIND", "ACTION", "AE", "ADDRESS", "WHO", "DETAIL")
-    table = [
-        (
-            row.at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            row.kind,
-            row.action,
-            row.ae_title or "-",
-            row.address or "-",
-            row.actor or "-",
-            _detail(row),
-        )
-        for row in rows
-    ]
-    widths = [max(len(r[i]) for r in [header, *table]) for i in range(len(header) - 1)]
-    for line in [header, *table]:
-        cells = [c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)]
-        print("  ".join([*cells, line[-1]]).rstrip())
-    if not rows:
-        print("(no audit events match)", file=sys.stderr)
-    return 0
-
-
-def _detail(row: AuditEvent) -> str:
-    parts = [row.detail] if row.detail else []
-    if row.StudyInstanceUID:
-        parts.append(f"study {row.StudyInstanceUID}")
-    if row.SOPInstanceUID:
-        parts.append(f"instance {row.SOPInstanceUID}")
-    return "; ".join(parts) or "-"

@@ -16,8 +16,8 @@ from dicom_node.settings import Settings
 
 logger = logging.getLogger(__name__)
 
+#: Task names: the node and the workers agree on these, never on imports.
 ANALYZE_STUDY = "gazex.analyze_study"
-DELIVER = "gazex.deliver"
 NOTIFY = "gazex.notify"
 
 
@@ -33,7 +33,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": settings.broker.analysis_queue,
         "task_routes": {
             ANALYZE_STUDY: {"queue": settings.broker.analysis_queue},
-            DELIVER: {"queue": settings.broker.io_queue},
             NOTIFY: {"queue": settings.broker.io_queue},
         },
     }

@@ -1,5 +1,6 @@
-"""The node's exceptions. Translated in exactly three places: the SCP handler (DIMSE
-status), the workers' base task (retry / reject / fail) and the CLI (exit code + one line).
+"""The project's exceptions, one tree. Translated in exactly three places: the SCP handler
+(DIMSE status, ``dicom_node.scp.handlers``), the workers' base task (retry / reject / fail,
+``workers.tasks``) and the CLI (exit code + one line, ``dicom_node.cli``).
 
     GazexError
     ├── ConfigError (ValueError)      invalid settings; names the key
@@ -9,7 +10,15 @@ status), the workers' base task (retry / reject / fail) and the CLI (exit code +
     │   └── CannotUnderstand          0xC000: cannot be parsed
     ├── AnalysisRefused (ValueError)  poison input: the worker records it, never retries
     ├── OutOfResources (OSError)      0xA700: disk full or database unavailable
-    └── DeliveryError (OSError)       a destination refused or could not be reached
+    ├── DeliveryError (OSError)       a destination refused or could not be reached
+    ├── HL7BuildError (ValueError)    an ORU^R01 could not be built or failed validation
+    └── MLLPError                     an HL7 message was not accepted by the receiver
+        ├── MLLPTransportError (OSError)  no connection, timeout, reset, or closed before an
+        │                                 ACK: retried (with backoff)
+        └── AckError (ValueError)         the receiver answered, but not with an accept
+            ├── AckRejected               AR / CR: refused; resending it will not help
+            ├── AckApplicationError       AE / CE: the receiver failed to process it
+            └── AckMismatch               not an ACK, or MSA-2 is not our MSH-10
 """
 
 from __future__ import annotations
@@ -53,3 +62,36 @@ class DeliveryError(GazexError, OSError):
     def __init__(self, message: str, *, transient: bool = True) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class HL7BuildError(GazexError, ValueError):
+    """The message could not be built or did not pass hl7apy's strict validation."""
+
+
+class MLLPError(GazexError):
+    """An HL7 message was not accepted by the receiver."""
+
+
+class MLLPTransportError(MLLPError, OSError):
+    """No usable connection, or no complete ACK in time."""
+
+
+class AckError(MLLPError, ValueError):
+    """The receiver answered with something other than an accept; ``ack`` is what it said
+    (a ``workers.hl7.mllp.Ack``) when it could be read."""
+
+    def __init__(self, message: str, ack: object | None = None) -> None:
+        super().__init__(message)
+        self.ack = ack
+
+
+class AckRejected(AckError):
+    """MSA-1 AR/CR: the receiver rejects the message; resending it unchanged will not help."""
+
+
+class AckApplicationError(AckError):
+    """MSA-1 AE/CE: the receiver failed to process the message."""
+
+
+class AckMismatch(AckError):
+    """Not an ACK, or one that does not acknowledge the message sent."""

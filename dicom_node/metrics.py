@@ -49,7 +49,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.models import Study, StudyState, utcnow
+from dicom_node.db.models import Study, StudyState, utcnow
 from dicom_node.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -1,39 +1,44 @@
 """The outbox: one row per (object, destination), sent with retries and backoff.
 
-A destination that is down only delays its own rows: each peer is tried on its own, and
-a failed try sets the next attempt by exponential backoff with a ceiling.
+The outbox is the one owner of delivery. A worker that has built a study's results only
+adds their rows (due at once) in the transaction that records the analysis; the node's
+delivery loop (``Outbox.run``) sends every due row. One owner means one schedule, kept in
+the database: a crash anywhere loses nothing, and no second sender races the first.
+
+A destination that is down only delays its own rows: each peer is sent to on its own
+thread (a peer still being tried is not started again), and a failed try sets the next
+attempt by exponential backoff with a ceiling.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import scu
 from dicom_node.audit import AuditLog
+from dicom_node.db.models import Analysis, OutboxItem, OutboxState, Peer, Study, utcnow
 from dicom_node.errors import DeliveryError
+from dicom_node.lifecycle import mark_done_if_finished
 from dicom_node.metrics import Metrics
-from dicom_node.models import (
-    Analysis,
-    Notification,
-    NotificationState,
-    OutboxItem,
-    OutboxState,
-    Peer,
-    Study,
-    StudyState,
-    utcnow,
-)
 from dicom_node.peers import PeerInfo
 from dicom_node.settings import Settings
 from dicom_node.spool import short_hash
 
 logger = logging.getLogger(__name__)
+
+#: How often the delivery loop looks for due rows: a result waits half of it on average.
+POLL_SECONDS = 0.25
+#: Peers sent to at once; a peer that is down holds one of these until its timeouts pass.
+PARALLEL_PEERS = 4
 
 
 class Outbox:
@@ -75,22 +80,45 @@ class Outbox:
         session.flush()
         return item
 
-    def deliver_due(self, now: datetime | None = None) -> int:
-        """Try every pending row whose time has come, one association per peer."""
-        now = now or utcnow()
+    def due(self, now: datetime | None = None) -> dict[int, list[int]]:
+        """Pending rows whose time has come, by peer id."""
         with self._sessions() as session:
-            due = session.execute(
+            rows = session.execute(
                 select(OutboxItem.id, OutboxItem.peer_id).where(
-                    OutboxItem.state == OutboxState.PENDING, OutboxItem.next_attempt_at <= now
+                    OutboxItem.state == OutboxState.PENDING,
+                    OutboxItem.next_attempt_at <= (now or utcnow()),
                 )
             ).all()
         by_peer: dict[int, list[int]] = defaultdict(list)
-        for item_id, peer_id in due:
+        for item_id, peer_id in rows:
             by_peer[peer_id].append(item_id)
-        sent = 0
-        for item_ids in by_peer.values():
-            sent += self.deliver(item_ids)
-        return sent
+        return dict(by_peer)
+
+    def deliver_due(self, now: datetime | None = None) -> int:
+        """Try every due row now, one association per peer, one peer after the other."""
+        return sum(self.deliver(item_ids) for item_ids in self.due(now).values())
+
+    def run(self, stop: threading.Event) -> None:
+        """The node's delivery loop, until ``stop`` is set: sends the due rows of each peer
+        on a thread of its own, so a peer that is down never delays the others."""
+        in_flight: dict[int, Future[int]] = {}
+        with ThreadPoolExecutor(PARALLEL_PEERS, thread_name_prefix="gazex-deliver") as pool:
+            while not stop.wait(POLL_SECONDS):
+                for peer_id, future in list(in_flight.items()):
+                    if future.done():
+                        del in_flight[peer_id]
+                        if (error := future.exception()) is not None:
+                            logger.error(
+                                "delivery to peer #%d failed: %s", peer_id, type(error).__name__
+                            )
+                try:
+                    due = self.due()
+                except SQLAlchemyError as exc:
+                    logger.error("outbox not readable (%s); retrying", type(exc).__name__)
+                    continue
+                for peer_id, item_ids in due.items():
+                    if peer_id not in in_flight:
+                        in_flight[peer_id] = pool.submit(self.deliver, item_ids)
 
     def deliver(self, item_ids: list[int]) -> int:
         """Send these rows (all to one peer) now; returns how many were stored."""
@@ -103,12 +131,12 @@ class Outbox:
             peer = PeerInfo.of(peer_row)
             paths = {item.id: Path(item.path) for item in items}
         node = self._settings.node
-        timeouts = scu.Timeouts(node.acse_timeout, node.dimse_timeout, node.network_timeout)
         try:
             if not peer.enabled:
                 raise DeliveryError(f"{peer.name} is disabled")
             results = {
-                r.path: r for r in scu.send(peer, list(paths.values()), node.ae_title, timeouts)
+                r.path: r
+                for r in scu.send(peer, list(paths.values()), node.ae_title, scu.Timeouts.of(node))
             }
         except DeliveryError as exc:
             results = {}
@@ -205,36 +233,3 @@ def _studies_of(session: Session, item_ids: list[int]) -> dict[int, tuple[str, d
         .distinct()
     ).all()
     return {analysis_id: (uid, first) for analysis_id, uid, first in rows}
-
-
-def mark_done_if_finished(session: Session, analysis: Analysis) -> None:
-    """The study is done once every result is delivered and the HL7 message acknowledged.
-
-    The delivery and the notification finish in separate transactions, often at the same
-    moment. Each first writes its own outcome, then takes the analysis row's lock and
-    checks the other's: the second to get the lock reads the first's committed outcome, so
-    one of them always marks the study done (without the lock, under PostgreSQL's READ
-    COMMITTED, each saw the other unfinished and the study stayed "analysed"). SQLite
-    serialises the writers already.
-    """
-    session.flush()
-    session.execute(select(Analysis.id).where(Analysis.id == analysis.id).with_for_update())
-    pending = session.scalar(
-        select(OutboxItem.id).where(
-            OutboxItem.analysis_id == analysis.id, OutboxItem.state != OutboxState.SENT
-        )
-    )
-    notification = session.scalar(
-        select(Notification).where(Notification.analysis_id == analysis.id)
-    )
-    unsent = notification is not None and notification.state is not NotificationState.ACCEPTED
-    study = session.get(Study, analysis.study_id)
-    if (
-        pending is None
-        and not unsent
-        and study is not None
-        and study.revision == analysis.revision
-        and study.state is StudyState.ANALYSED
-    ):
-        study.state = StudyState.DONE
-        logger.info("study #%d done: results delivered", study.id)

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.audit import AuditLog, os_user
+from dicom_node.db.models import Peer
 from dicom_node.errors import PeerError
-from dicom_node.models import Peer
 from dicom_node.settings import PeerSeed, validate_ae_title
 
 logger = logging.getLogger(__name__)

@@ -23,12 +23,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_node.errors import DeliveryError
 from dicom_node.peers import PeerInfo
+from dicom_node.settings import NodeSettings
 
 logger = logging.getLogger(__name__)
-
-# Send files as they are stored (raw bytes after the file meta), never decoded and
-# re-encoded: what the PACS gets is byte for byte what we wrote.
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 #: A C-STORE request may propose at most 128 presentation contexts.
 _MAX_CONTEXTS = 128
@@ -40,6 +37,11 @@ class Timeouts:
     dimse: float = 60.0
     network: float = 60.0
     connect: float = 10.0
+
+    @classmethod
+    def of(cls, node: NodeSettings) -> Timeouts:
+        """The node's configured timeouts (the connect timeout keeps its default)."""
+        return cls(node.acse_timeout, node.dimse_timeout, node.network_timeout)
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,10 @@ def send(
 
     Raises DeliveryError when no association can be made at all.
     """
+    # Send files as they are stored (raw bytes after the file meta), never decoded and
+    # re-encoded: what the PACS gets is byte for byte what we wrote. pynetdicom has this
+    # only as a process-wide switch; it is set here, where it is needed, never on import.
+    _config.STORE_SEND_CHUNKED_DATASET = True
     results: dict[Path, SendResult] = {}
     syntaxes: dict[str, set[str]] = defaultdict(set)
     sendable: list[tuple[Path, str, str]] = []

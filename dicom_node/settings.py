@@ -195,6 +195,8 @@ class HL7Settings(_Section):
 
 
 class ModelSettings(_Section):
+    #: Inference backend, by its name in the ``gazex.model_backends`` entry-point group.
+    backend: str = "default"
     #: Checkpoint folder; default: the checkpoint shipped in model/checkpoints/default.
     checkpoint: Path | None = None
     #: "cuda", "cuda:1" or "cpu"; default: CUDA when present.

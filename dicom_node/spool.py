@@ -47,6 +47,11 @@ class Spool:
     def relative_path(self, study: str, series: str, sop: str, *, kind: str = "in") -> Path:
         return Path(kind, safe_uid(study), safe_uid(series), safe_uid(sop) + ".dcm")
 
+    @staticmethod
+    def result_path(study: str, revision: int) -> Path:
+        """Where an analysis revision's model result (``gazex.result/1`` JSON) is kept."""
+        return Path("out", safe_uid(study), f"rev{revision}", "result.json")
+
     def absolute(self, relative: str | Path) -> Path:
         path = (self.root / relative).resolve()
         if not path.is_relative_to(self.root.resolve()):

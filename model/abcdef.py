@@ -85,7 +85,7 @@ def inspected_steps(step: Step | None, region: str | None) -> frozenset[Step]:
     and F when the region is one where lines and tubes are checked.
 
     The one rule behind both the coverage of a trajectory (``model.predictor.visited_steps``)
-    and the choice of the key fixations the model learns from (``model.batching``), so the
+    and the choice of the key fixations the model learns from (``model.train.batching``), so the
     training targets keep every step the coverage metric looks for.
     """
     out: set[Step] = set()

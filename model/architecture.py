@@ -18,6 +18,9 @@ Sequence layout (one image)::
   LM to learn digit arithmetic first.
 * The LM head generates the report and VQA answers *after* the gaze tokens, so the text is
   conditioned on where the model looked.
+
+Over 400 lines on purpose: the settings, the convolutional branch and :class:`GazeXModel`'s
+heads define one checkpoint format together; split, a change to one would hide the others.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from torch.nn import functional
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 from model.abcdef import REGIONS, STEPS
-from model.batching import PatchSpec
 from model.findings import FINDING_KEYS
+from model.imaging import PatchSpec
 from model.tokenizer import (
     GAZE,
     GAZE_END,
@@ -47,7 +50,6 @@ from model.tokenizer import (
     VISION_END,
     VISION_START,
     TextCodec,
-    add_special_tokens,
 )
 
 logger = logging.getLogger(__name__)
@@ -580,12 +582,6 @@ def pad_image_tokens(
     return out, mask
 
 
-def ensure_codec_tokens(codec: TextCodec) -> TextCodec:
-    """Add our special tokens to a codec in place and return it."""
-    add_special_tokens(codec.tokenizer)
-    return codec
-
-
 def select_device(device: str | torch.device | None = None) -> torch.device:
     """CUDA when present unless told otherwise; CPU here."""
     if device is not None:
@@ -602,42 +598,3 @@ def configure_threads(device: torch.device, threads: int | None = None) -> None:
     """
     if device.type == "cpu":
         torch.set_num_threads(max(1, threads or 1))
-
-
-def gaze_soft_targets(
-    indices: torch.Tensor, grid_hw: torch.Tensor, n_max: int, sigma: float = 0.7
-) -> torch.Tensor:
-    """Gaussian target distribution over tokens around each target patch (B, K, N_max)."""
-    b, k = indices.shape
-    device = indices.device
-    idx = torch.arange(n_max, device=device)[None, None, :]
-    gw = grid_hw[:, 1][:, None, None]
-    gh = grid_hw[:, 0][:, None, None]
-    r = torch.div(idx, gw, rounding_mode="floor")
-    c = idx % gw
-    tgt = indices.clamp(min=0)[..., None]
-    tr = torch.div(tgt, gw, rounding_mode="floor")
-    tc = tgt % gw
-    d2 = ((r - tr) ** 2 + (c - tc) ** 2).float()
-    weights = torch.exp(-d2 / (2 * sigma**2))
-    weights = weights * (idx < gh * gw).float()
-    weights = weights / weights.sum(-1, keepdim=True).clamp(min=1e-9)
-    del b, k
-    return weights
-
-
-def soft_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
-) -> torch.Tensor:
-    """Cross-entropy against soft targets over the last axis, averaged over ``valid``."""
-    logp = torch.log_softmax(logits.masked_fill(torch.isinf(logits), -1e4), dim=-1)
-    per = -(targets * logp).sum(-1)
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    return per[valid].mean()
-
-
-def masked_bce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    if not bool(valid.any()):
-        return logits.sum() * 0.0
-    return functional.binary_cross_entropy_with_logits(logits[valid], targets[valid])

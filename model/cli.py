@@ -1,14 +1,89 @@
-"""``gazex`` subcommands contributed by ``model``: ``data`` (model.data.cli) and
-``train``/``eval``/``predict`` (model.commands). Heavy imports stay inside the commands."""
+"""``gazex predict`` (the serving path) and the wiring of ``model``'s other subcommands.
+
+``train``/``eval`` live in :mod:`model.train.cli`, ``data`` in :mod:`model.train.gazedata.cli`.
+Registration is cheap: torch and the training stack are imported inside the commands.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from model import commands
-    from model.data import cli as data_cli
+    """Add ``data``, ``train``, ``eval`` and ``predict`` to the ``gazex`` parser."""
+    from model.train import cli as train_cli
+    from model.train.gazedata import cli as data_cli
 
     data_cli.register(subparsers)
-    commands.register(subparsers)
+    train_cli.register(subparsers)
+    pr = subparsers.add_parser(
+        "predict",
+        help="run the model on DICOM files and print findings, report and trajectory",
+    )
+    pr.add_argument("files", nargs="+", type=Path, metavar="FILE.dcm")
+    pr.add_argument("--ckpt", type=Path, metavar="DIR", help="default: the shipped checkpoint")
+    pr.add_argument("--question", action="append", default=[], metavar="TEXT")
+    pr.add_argument(
+        "--json",
+        type=Path,
+        metavar="OUT",
+        help="result JSON (one file: OUT; several: OUT with the file index appended)",
+    )
+    pr.add_argument("--png", type=Path, metavar="OUT", help="overlay PNG (same naming)")
+    pr.add_argument("--device")
+    pr.set_defaults(func=run_predict)
+
+
+def _indexed(path: Path, index: int, count: int) -> Path:
+    return path if count == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import pydicom
+
+    from model.overlay import overlay
+    from model.pixels import display_image
+    from model.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(args.ckpt, device=args.device)
+    datasets = []
+    for path in args.files:
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        datasets.append(pydicom.dcmread(path))
+    images = [display_image(ds) for ds in datasets]
+    results = predictor.predict_images(datasets, images, args.question)
+    for index, (path, result) in enumerate(zip(args.files, results, strict=True)):
+        print(
+            f"== {path.name}  ({result.source.Columns}x{result.source.Rows}, "
+            f"model {result.model.name} {result.model.version}, trained on synthetic data)"
+        )
+        print("findings:")
+        for f in sorted(result.findings, key=lambda f: -f.probability):
+            box = (
+                ""
+                if f.box is None
+                else (f"  box ({f.box.x0:.0f},{f.box.y0:.0f})-({f.box.x1:.0f},{f.box.y1:.0f})")
+            )
+            mark = "+" if f.present else " "
+            print(f"  {mark} {f.code.meaning:26} {f.probability:6.3f}{box}")
+        print("report:")
+        for section in result.report.sections:
+            print(f"  {section.step.title}: {section.text}")
+        print(f"  Impression: {result.report.impression}")
+        print("trajectory:")
+        for n, fx in enumerate(result.trajectory, start=1):
+            print(
+                f"  {n:2d}. ({fx.x:7.1f}, {fx.y:7.1f}) {fx.start_ms:7.0f} ms "
+                f"+{fx.duration_ms:4.0f} ms  {fx.step.value} {fx.region}"
+            )
+        skipped = ", ".join(s.title for s in result.skipped_steps) or "none"
+        print(f"not inspected: {skipped}")
+        for answer in result.answers:
+            print(f"Q: {answer.question}\nA: {answer.answer}")
+        if args.json is not None:
+            _indexed(args.json, index, len(results)).write_text(result.to_json())
+        if args.png is not None:
+            overlay(images[index], result).save(_indexed(args.png, index, len(results)))
+    return 0

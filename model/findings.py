@@ -72,3 +72,5 @@ FINDING_TYPES: tuple[FindingType, ...] = (
 
 FINDINGS_BY_KEY: dict[str, FindingType] = {f.key: f for f in FINDING_TYPES}
 FINDING_KEYS: tuple[str, ...] = tuple(FINDINGS_BY_KEY)
+#: The lines, tubes and devices among the findings (reported present/absent, never as disease).
+DEVICE_KEYS: tuple[str, ...] = tuple(k for k in FINDING_KEYS if FINDINGS_BY_KEY[k].device)

@@ -64,15 +64,6 @@ class PatchGrid:
     def num_patches(self) -> int:
         return self.grid_h * self.grid_w
 
-    @property
-    def patch_width(self) -> float:
-        """Width of one token in source pixels."""
-        return self.Columns / self.grid_w
-
-    @property
-    def patch_height(self) -> float:
-        return self.Rows / self.grid_h
-
     def patch_index(self, x: float, y: float) -> int:
         """Index (row-major) of the token containing SCOORD point ``(x, y)``; clamped."""
         c = min(max(math.floor(x * self.grid_w / self.Columns), 0), self.grid_w - 1)

@@ -19,9 +19,10 @@ import torch
 from torch.nn import functional
 
 from model.architecture import GazeXModel, pad_image_tokens
-from model.batching import ImageInput, patchify, prefix_ids, prepare_image
 from model.decoding import DecoderWeights, KVDecoder
 from model.geometry import PatchGrid
+from model.imaging import ImageInput, patchify, prepare_image
+from model.prompt import prefix_ids
 from model.tokenizer import ANSWER, EOS, GAZE, GAZE_END, PAD, QUESTION, REPORT
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,8 @@
-"""Overlay PNGs and evaluation plots drawn with Pillow (no plotting library needed)."""
+"""The trajectory overlay PNG of a result, drawn with Pillow (no plotting library needed)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -70,34 +69,3 @@ def overlay(
             fill=colour,
         )
     return canvas
-
-
-def roc_plot(
-    curves: Mapping[str, tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], float]],
-    path: Path,
-    size: int = 480,
-) -> None:
-    """ROC curves (fpr, tpr, auc) per label on one square chart with a legend."""
-    margin = 40
-    legend = 190
-    canvas = Image.new("RGB", (size + legend, size), "white")
-    draw = ImageDraw.Draw(canvas)
-    span = size - 2 * margin
-
-    def to_px(fpr: float, tpr: float) -> tuple[float, float]:
-        return (margin + fpr * span, size - margin - tpr * span)
-
-    draw.rectangle((margin, margin, size - margin, size - margin), outline="black")
-    draw.line([to_px(0, 0), to_px(1, 1)], fill=(200, 200, 200))
-    draw.text((size / 2 - 40, size - margin + 10), "false positive rate", fill="black")
-    draw.text((4, margin - 20), "true positive rate", fill="black")
-    for i, (name, (fpr, tpr, area)) in enumerate(sorted(curves.items())):
-        colour = PALETTE[i % len(PALETTE)]
-        if len(fpr) > 1:
-            draw.line(
-                [to_px(float(a), float(b)) for a, b in zip(fpr, tpr, strict=True)],
-                fill=colour,
-                width=2,
-            )
-        draw.text((size + 4, margin + 14 * i), f"{name[:18]} {area:.2f}", fill=colour)
-    canvas.save(path)

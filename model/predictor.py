@@ -25,10 +25,10 @@ from pydicom.dataset import Dataset
 
 from model.abcdef import REGION_STEP, STEPS, Step, inspected_steps
 from model.architecture import WEIGHTS_FILE, GazeXModel, configure_threads, select_device
-from model.batching import parse_report
 from model.findings import FINDINGS_BY_KEY, FindingType
 from model.inference import InferenceEngine, RawOutput
 from model.pixels import display_image
+from model.prompt import parse_report
 from model.result import (
     Answer,
     Box,

@@ -2,13 +2,20 @@
 
 Modules, named as in highdicom:
 
-- ``build``      the pure builders: ``build_findings_sr``, ``build_trajectory_sr``,
-                 ``build_segmentation``, ``build_attention_segmentation``, ``build_gsps``
-                 and ``build_all`` (result + source dataset -> {kind: dataset})
+- ``build``      ``build_all`` (result + source dataset -> {kind: dataset}, the entry the
+                 workers call) and ``encode`` (a dataset as a Part 10 file)
+- ``sr``         the findings SR and the trajectory SR (Comprehensive 3D SR, TID 1500):
+                 ``build_findings_sr``, ``build_trajectory_sr``
+- ``seg``        the SEGs: ``build_segmentation`` (BINARY, grounded findings) and
+                 ``build_attention_segmentation`` (FRACTIONAL, the attention map)
+- ``gsps``       the GSPS overlay: ``build_gsps``, and ``voi_window`` (its VOI window)
 - ``templates``  the SR templates (TID 1500, 1410, 1501, 1600, 4019, 1001)
 - ``content``    content items and geometry shared by the builders
 - ``codes``      coded concepts, including the private ``99GAZEX`` scheme
 - ``enum``       defined terms: object kinds (series numbers and descriptions), GSPS layers
 - ``uids``       deterministic UIDs from (source study and image, model, kind, revision)
 - ``cli``        ``gazex render``
+
+Private: ``_common`` (series, equipment and finding order shared by the builders) and
+``_drawing`` (the GSPS canvas and arrowheads).
 """

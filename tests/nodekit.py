@@ -15,9 +15,9 @@ from pynetdicom import AE, _config
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.db.models import Study
 from dicom_node.dispatch import Dispatcher
-from dicom_node.models import Study
-from dicom_node.server import Node
+from dicom_node.scp.server import Node
 
 #: DCMTK peers with Nagle's algorithm off, as the node has it (see dicom_node.scu.no_delay):
 #: with it on, each C-STORE waits twice for a delayed ACK.
@@ -136,7 +136,7 @@ def send_raw(port: int, path: Path, calling: str = "STORESCU", called: str = "GA
     """C-STORE a file's bytes as they are, under the SOP class its file meta claims (DCMTK
     storescu refuses to send a file it cannot parse); returns the response status."""
     meta = read_file_meta_info(path)
-    assert _config.STORE_SEND_CHUNKED_DATASET  # set by dicom_node.scu at import
+    _config.STORE_SEND_CHUNKED_DATASET = True  # send the bytes as they are, unparsed
     ae = AE(calling)
     ae.add_requested_context(meta.MediaStorageSOPClassUID, [meta.TransferSyntaxUID])
     assoc = ae.associate("127.0.0.1", port, ae_title=called)

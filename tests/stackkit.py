@@ -20,10 +20,10 @@ from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, select, text
 
 from dicom_node import db
-from dicom_node.models import Study, StudyState
-from model.data.images import write_dicom
-from model.data.synth import generate_sample
-from workers.mllp import MLLPListener
+from dicom_node.db.models import Study, StudyState
+from model.train.gazedata.images import write_dicom
+from model.train.gazedata.synth import generate_sample
+from workers.hl7.mllp import MLLPListener
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"

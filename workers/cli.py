@@ -1,4 +1,5 @@
-"""``gazex`` subcommands contributed by ``workers`` (see dicom_node.cli): ``worker``, ``hl7``."""
+"""``gazex`` subcommands contributed by ``workers`` (see dicom_node.cli): ``worker``, and
+``hl7`` (from ``workers.hl7.cli``)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,16 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add this package's subcommands to the ``gazex`` parser."""
-    from workers import hl7_cli
+    from workers.hl7 import cli as hl7_cli
 
     worker = subparsers.add_parser(
         "worker",
-        help="run a Celery worker (analysis on the gpu queue, delivery and HL7 on io)",
+        help="run a Celery worker (analysis on the gpu queue, HL7 on io)",
     )
     worker.add_argument(
         "--queues",
         default="gpu,io",
-        help="comma-separated queues: gpu (analysis), io (delivery, HL7); default both",
+        help="comma-separated queues: gpu (analysis), io (HL7); default both",
     )
     worker.add_argument("--concurrency", type=int, help="default: 1 for gpu, 4 for io")
     worker.set_defaults(func=cmd_worker)
@@ -25,10 +26,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from dicom_node.settings import load_settings
-    from workers.app import WorkerApp
+    from workers.worker import run_worker
 
     settings = load_settings(args.config)
     names = {"gpu": settings.broker.analysis_queue, "io": settings.broker.io_queue}
     queues = [names.get(q.strip(), q.strip()) for q in args.queues.split(",") if q.strip()]
-    WorkerApp(settings).run_worker(queues, args.concurrency)
+    run_worker(settings, queues, args.concurrency)
     return 0

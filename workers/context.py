@@ -1,7 +1,9 @@
 """What a worker process holds: settings, one database engine, the spool, the model.
 
-Built once per process (after any fork) and passed to the pipeline functions. The model is
-loaded lazily on first use, on the best device, and warmed up once.
+Built once per process (after any fork: ``WorkerContext.bind`` then ``current``) and passed
+to the stage functions. The model is loaded lazily on first use, through the backend that
+``model.backend`` names in the ``gazex.model_backends`` entry-point group, on the best
+device, and warmed up once.
 """
 
 from __future__ import annotations
@@ -9,14 +11,17 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
+from pydicom.dataset import Dataset
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import db
 from dicom_node.audit import AuditLog
-from dicom_node.dispatch import Dispatcher
+from dicom_node.errors import ConfigError
 from dicom_node.metrics import Metrics
 from dicom_node.outbox import Outbox
 from dicom_node.peers import PeerDirectory
@@ -25,9 +30,43 @@ from dicom_node.spool import Spool
 from workers.builder import ObjectBuilder
 
 if TYPE_CHECKING:
-    from model.predictor import Predictor
+    from model.result import InferenceResult
 
 logger = logging.getLogger(__name__)
+
+BACKENDS = "gazex.model_backends"
+
+
+class ModelInfo(Protocol):
+    @property
+    def version(self) -> str: ...
+
+
+class Predictor(Protocol):
+    """What the workers need of a model backend (``model.predictor.Predictor`` is one)."""
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def predict(self, ds: Dataset) -> InferenceResult: ...
+
+
+class Backend(Protocol):
+    """An entry point of ``gazex.model_backends``: a class that loads a checkpoint."""
+
+    def from_checkpoint(
+        self, path: str | Path | None = None, device: str | None = None
+    ) -> Predictor: ...
+
+
+def load_backend(name: str) -> Backend:
+    """The backend registered under ``name``; ConfigError naming the key if none is."""
+    found = {e.name: e for e in entry_points(group=BACKENDS)}
+    if name not in found:
+        known = ", ".join(sorted(found)) or "none installed"
+        raise ConfigError(f"model.backend: no model backend named {name!r} ({known})")
+    backend: Backend = found[name].load()
+    return backend
 
 
 @dataclass
@@ -38,7 +77,6 @@ class WorkerContext:
     spool: Spool
     peers: PeerDirectory
     outbox: Outbox
-    dispatcher: Dispatcher
     metrics: Metrics
     builder: ObjectBuilder = field(default_factory=ObjectBuilder)
     _predictor: Predictor | None = None
@@ -57,7 +95,6 @@ class WorkerContext:
             spool=Spool(settings.spool_path),
             peers=PeerDirectory(sessions, audit=audit),
             outbox=Outbox(settings, sessions, metrics=metrics, audit=audit),
-            dispatcher=Dispatcher(settings),
             metrics=metrics,
         )
 
@@ -70,9 +107,8 @@ class WorkerContext:
         """The model, loaded on first use (torch is imported here, never in the node)."""
         with self._model_lock:
             if self._predictor is None:
-                from model.predictor import Predictor
-
-                self._predictor = Predictor.from_checkpoint(
+                backend = load_backend(self.settings.model.backend)
+                self._predictor = backend.from_checkpoint(
                     self.settings.model.checkpoint, device=self.settings.model.device
                 )
                 _warm_up(self._predictor, self.builder)
@@ -81,8 +117,31 @@ class WorkerContext:
 
     def close(self) -> None:
         self.builder.close()
-        self.dispatcher.close()
         self.engine.dispose()
+
+    @classmethod
+    def bind(cls, settings: Settings) -> None:
+        """Set this process's settings; the context is built anew on next use (call it
+        again in a forked child: an engine must never be shared across a fork)."""
+        global _settings, _current
+        with _current_lock:
+            _settings, _current = settings, None
+
+    @classmethod
+    def current(cls) -> WorkerContext:
+        """This process's context, built on first use from the bound settings."""
+        global _current
+        with _current_lock:
+            if _current is None:
+                if _settings is None:
+                    raise RuntimeError("WorkerContext.bind(settings) was not called")
+                _current = cls.build(_settings)
+            return _current
+
+
+_settings: Settings | None = None
+_current: WorkerContext | None = None
+_current_lock = threading.Lock()
 
 
 def _warm_up(predictor: Predictor, builder: ObjectBuilder) -> None:
@@ -90,12 +149,12 @@ def _warm_up(predictor: Predictor, builder: ObjectBuilder) -> None:
     does not pay for lazy set-up (measured: a process's first build takes 1.3 s, later
     ones 0.3 s) and the object builder's helper process is up and warm too."""
     import tempfile
-    from pathlib import Path
 
     import numpy as np
     from pydicom import dcmread
 
-    from model.data.images import write_dicom
+    # The synthetic-data writer makes a film shaped like a real DX; only the warm-up uses it.
+    from model.train.gazedata.images import write_dicom
 
     with tempfile.TemporaryDirectory(prefix="gazex-warm-up-") as folder:
         path = Path(folder, "blank.dcm")

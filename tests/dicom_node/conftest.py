@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 
 from dicom_node import db
 from dicom_node.dispatch import Dispatcher
-from dicom_node.server import Node
+from dicom_node.scp.server import Node
 from dicom_node.settings import Settings, load_settings
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from dicom_node import db
 from dicom_node.cli import main
-from dicom_node.models import OutboxItem, OutboxState, utcnow
+from dicom_node.db.models import OutboxItem, OutboxState, utcnow
 from dicom_node.outbox import Outbox
 from dicom_node.peers import PeerDirectory
 from dicom_node.settings import load_settings

@@ -7,7 +7,7 @@ import threading
 from pydicom.uid import generate_uid
 
 from dicom_node import db
-from dicom_node.models import (
+from dicom_node.db.models import (
     Analysis,
     AnalysisState,
     Notification,

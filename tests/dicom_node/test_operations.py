@@ -28,10 +28,10 @@ from sqlalchemy.exc import DBAPIError
 
 from dicom_node.audit import os_user
 from dicom_node.cli import main
+from dicom_node.db.models import Analysis, AuditEvent, Instance, OutboxItem, StudyState
 from dicom_node.http import HealthServer, broker_check
 from dicom_node.logs import configure_logging, remove_handler
 from dicom_node.metrics import Metrics, QueueDepthCollector, broker_queue_depth
-from dicom_node.models import Analysis, AuditEvent, Instance, OutboxItem, StudyState
 from dicom_node.settings import LogSettings, load_settings
 
 pytestmark = pytest.mark.integration
@@ -370,7 +370,7 @@ def test_json_logs_carry_the_association_id(
     [accepted] = [e for e in entries if e["msg"].startswith("association accepted")]
     [audited] = [r for r in audit_rows(node) if r.action == "accepted"]
     assert accepted["association"] == audited.association
-    assert accepted["level"] == "INFO" and accepted["logger"] == "dicom_node.handlers"
+    assert accepted["level"] == "INFO" and accepted["logger"] == "dicom_node.scp.handlers"
     [receiving] = [e for e in entries if " receiving " in e["msg"]]
     assert receiving["association"] == audited.association
     assert len(receiving["study"]) == 10 and receiving["study"] in receiving["msg"]

@@ -20,7 +20,7 @@ from pydicom import dcmread
 from sqlalchemy import func, select, text
 
 from dicom_node import db
-from dicom_node.models import Instance, Study, StudyState
+from dicom_node.db.models import Instance, Study, StudyState
 
 pytestmark = pytest.mark.integration
 

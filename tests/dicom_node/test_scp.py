@@ -23,9 +23,9 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import func, select
 
-from dicom_node.models import Analysis, AnalysisState, Instance, StudyState
+from dicom_node.db.models import Analysis, AnalysisState, Instance, StudyState
+from dicom_node.scp.server import AcceptorContext
 from dicom_node.scu import no_delay
-from dicom_node.server import AcceptorContext
 
 pytestmark = pytest.mark.integration
 

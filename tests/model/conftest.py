@@ -16,7 +16,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from model.data.sample import GazeSample
+from model.train.gazedata.sample import GazeSample
 
 
 def phantom(rows: int, columns: int, seed: int = 0) -> npt.NDArray[np.float64]:
@@ -80,7 +80,7 @@ def make_dataset(
 @pytest.fixture(scope="session")
 def tiny_samples() -> list[GazeSample]:
     """Sixteen small synthetic studies (non-square, so the grid is not square either)."""
-    from model.data.synth import generate_sample
+    from model.train.gazedata.synth import generate_sample
 
     return [generate_sample(seed, height=112, width=96) for seed in range(16)]
 
@@ -91,7 +91,7 @@ def tiny_checkpoint(
 ) -> Path:
     """A tiny-config model trained for two short epochs by the real training loop."""
     from model.architecture import TINY, GazeXSettings
-    from model.training import TrainConfig, train
+    from model.train.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("tiny-ckpt")
     settings = GazeXSettings(num_gaze_tokens=6, max_pixels=112 * 112, max_report_tokens=24)

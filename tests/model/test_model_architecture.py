@@ -16,7 +16,7 @@ from model.architecture import (
     GazeXModel,
     GazeXSettings,
 )
-from model.batching import _channels, patchify, prepare_image
+from model.imaging import _channels, patchify, prepare_image
 from model.tokenizer import TextCodec, train_tokenizer
 
 SETTINGS = GazeXSettings(max_pixels=112 * 112, detail_channel=True, conv_branch=(4, 8, 8))
@@ -83,7 +83,7 @@ def test_conv_branch_widths_must_divide_the_token_window() -> None:
 def test_command_line_choices_are_the_models_own() -> None:
     """`gazex train` spells out the gaze modes and finding pools without importing torch;
     they are the ones the model accepts."""
-    from model.commands import FINDING_POOL_CHOICES, GAZE_MODE_CHOICES
+    from model.train.cli import FINDING_POOL_CHOICES, GAZE_MODE_CHOICES
 
     assert GAZE_MODE_CHOICES == GAZE_MODES
     assert FINDING_POOL_CHOICES == FINDING_POOLS

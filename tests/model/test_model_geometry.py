@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from model.architecture import GazeXSettings
-from model.batching import patchify, prepare_image
 from model.geometry import PatchGrid, smart_size
+from model.imaging import patchify, prepare_image
 
 
 @pytest.mark.parametrize(("rows", "columns"), [(517, 333), (333, 517), (2500, 2048), (97, 301)])

@@ -12,7 +12,7 @@ from kombu import Connection, Queue
 from nodekit import StoreSCP, free_port
 from stackkit import RABBITMQ, REDIS, Stack, _isolated_database
 
-from workers.mllp import MLLPListener
+from workers.hl7.mllp import MLLPListener
 
 
 def _delete_queues(url: str, names: list[str]) -> None:

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 
-from model.data.images import write_dicom
-from model.data.synth import generate_sample
 from model.predictor import Predictor
 from model.result import InferenceResult
+from model.train.gazedata.images import write_dicom
+from model.train.gazedata.synth import generate_sample
 from workers import builder as builder_module
 from workers.builder import (
     HELPER_KINDS,

@@ -14,7 +14,7 @@ from nodekit import storescu
 from pydicom import dcmread
 from stackkit import Stack, check_results, chest_study
 
-from dicom_node.models import StudyState
+from dicom_node.db.models import StudyState
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -1,0 +1,166 @@
+"""``gazex ae``: the peer table (add, list, edit, remove, echo), and ``gazex send``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dicom_node import db, scu
+from dicom_node.audit import AuditLog
+from dicom_node.cli.table import print_table
+from dicom_node.errors import DeliveryError
+from dicom_node.peers import PeerDirectory, PeerInfo, parse_roles
+from dicom_node.settings import Settings, load_settings
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``gazex ae ...`` and ``gazex send``."""
+    ae = subparsers.add_parser("ae", help="remote application entities (peers)")
+    ae_sub = ae.add_subparsers(dest="ae_command", required=True)
+
+    add = ae_sub.add_parser("add", help="add a peer")
+    add.add_argument("name")
+    add.add_argument("--ae-title", required=True)
+    add.add_argument("--host", required=True)
+    add.add_argument("--port", type=int, required=True)
+    add.add_argument("--role", required=True, help="source, destination or source,destination")
+    add.add_argument("--disabled", action="store_true", help="add it disabled")
+    add.set_defaults(func=cmd_ae_add)
+
+    ae_sub.add_parser("list", help="list peers").set_defaults(func=cmd_ae_list)
+
+    edit = ae_sub.add_parser("edit", help="change a peer")
+    edit.add_argument("name")
+    edit.add_argument("--rename", dest="new_name")
+    edit.add_argument("--ae-title")
+    edit.add_argument("--host")
+    edit.add_argument("--port", type=int)
+    edit.add_argument("--role")
+    toggle = edit.add_mutually_exclusive_group()
+    toggle.add_argument("--enable", dest="enabled", action="store_const", const=True)
+    toggle.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    edit.set_defaults(func=cmd_ae_edit)
+
+    remove = ae_sub.add_parser("remove", help="remove a peer")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_ae_remove)
+
+    echo = ae_sub.add_parser("echo", help="C-ECHO a peer and print status and round trip")
+    echo.add_argument("name")
+    echo.set_defaults(func=cmd_ae_echo)
+
+    send = subparsers.add_parser("send", help="C-STORE files to a destination peer")
+    send.add_argument("name", help="peer name (see gazex ae list)")
+    send.add_argument("files", nargs="+", type=Path, help="DICOM files or folders")
+    send.set_defaults(func=cmd_send)
+
+
+def peer_directory(settings: Settings) -> PeerDirectory:
+    """Peers with every change audited (table and JSON lines)."""
+    sessions = db.open_sessions(settings.database_url)
+    return PeerDirectory(sessions, audit=AuditLog(sessions, settings.audit_path))
+
+
+def _print_peers(peers: list[PeerInfo]) -> None:
+    print_table(
+        ("NAME", "AE TITLE", "HOST", "PORT", "ROLES", "ENABLED"),
+        [
+            (
+                p.name,
+                p.ae_title,
+                p.host,
+                str(p.port),
+                ",".join(p.roles),
+                "yes" if p.enabled else "no",
+            )
+            for p in peers
+        ],
+    )
+
+
+def cmd_ae_add(args: argparse.Namespace) -> int:
+    peers = peer_directory(load_settings(args.config))
+    peer = peers.add(
+        args.name, args.ae_title, args.host, args.port, parse_roles(args.role), not args.disabled
+    )
+    _print_peers([peer])
+    return 0
+
+
+def cmd_ae_list(args: argparse.Namespace) -> int:
+    _print_peers(peer_directory(load_settings(args.config)).all())
+    return 0
+
+
+def cmd_ae_edit(args: argparse.Namespace) -> int:
+    peers = peer_directory(load_settings(args.config))
+    peer = peers.edit(
+        args.name,
+        ae_title=args.ae_title,
+        host=args.host,
+        port=args.port,
+        roles=None if args.role is None else parse_roles(args.role),
+        enabled=args.enabled,
+        new_name=args.new_name,
+    )
+    _print_peers([peer])
+    return 0
+
+
+def cmd_ae_remove(args: argparse.Namespace) -> int:
+    peer_directory(load_settings(args.config)).remove(args.name)
+    print(f"removed {args.name}")
+    return 0
+
+
+def cmd_ae_echo(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    peer = peer_directory(settings).get(args.name)
+    node = settings.node
+    try:
+        status, elapsed_ms = scu.echo(
+            peer,
+            node.ae_title,
+            scu.Timeouts.of(node),
+        )
+    except DeliveryError as exc:
+        print(f"{peer.name}: C-ECHO failed: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{peer.name} ({peer.ae_title}@{peer.host}:{peer.port}): status 0x{status:04X}, "
+        f"{elapsed_ms:.1f} ms"
+    )
+    return 0 if status == 0 else 1
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    return files
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    peer = peer_directory(settings).get(args.name)
+    if "destination" not in peer.roles:
+        print(f"note: {peer.name} is not a destination peer; sending anyway", file=sys.stderr)
+    node = settings.node
+    results = scu.send(
+        peer,
+        _expand(args.files),
+        node.ae_title,
+        scu.Timeouts.of(node),
+    )
+    for result in results:
+        outcome = f"0x{result.status:04X}" if result.status is not None else result.error
+        print(f"{'ok  ' if result.ok else 'FAIL'} {result.path}: {outcome}")
+    failed = sum(not r.ok for r in results)
+    print(f"{len(results) - failed} sent, {failed} failed")
+    return 0 if failed == 0 else 1

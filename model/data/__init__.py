@@ -1,1 +1,0 @@
-"""Training data: synthetic radiographs and scanpaths; REFLACX, EGD-CXR and MIMIC-Eye I/O."""

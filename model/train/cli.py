@@ -1,0 +1,278 @@
+"""``gazex train`` and ``gazex eval`` (registered through :mod:`model.cli`).
+
+Registration is cheap: torch, transformers and the data stack are imported inside the
+command functions only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from model.architecture import GazeXSettings
+    from model.train.gazedata.sample import GazeSample
+    from model.train.loop import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+FORMATS = ("synthetic", "reflacx", "egd", "mimic-eye")
+SIZES = ("small", "tiny")
+# The same as model.architecture's GAZE_MODES and FINDING_POOLS (a test keeps them equal),
+# spelled out here so that registering the commands imports no torch.
+GAZE_MODE_CHOICES = ("ordered", "shuffled", "random", "none")
+FINDING_POOL_CHOICES = ("attention", "attention+global")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add these subcommands to the ``gazex`` parser."""
+    train = subparsers.add_parser(
+        "train",
+        help="train the gaze-guided model (gaze stage, then multitask stage)",
+        description="Train on a dataset folder; writes a resumable checkpoint to --out "
+        "(re-running the same command resumes).",
+    )
+    train.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="dataset folder; repeat to train on several (e.g. a REFLACX and an EGD layout)",
+    )
+    train.add_argument("--format", choices=FORMATS, default="synthetic")
+    train.add_argument("--out", required=True, type=Path, metavar="DIR")
+    train.add_argument("--backbone", type=Path, metavar="DIR", help="local Qwen2.5-VL folder")
+    train.add_argument("--epochs", type=int, default=9, help="multitask epochs (default 9)")
+    train.add_argument("--gaze-epochs", type=int, default=1, help="gaze-stage epochs (default 1)")
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1.5e-3)
+    train.add_argument("--gaze-mode", choices=GAZE_MODE_CHOICES, default="ordered")
+    train.add_argument("--gaze-tokens", type=int, default=12, help="K, the number of <st>")
+    train.add_argument("--max-pixels", type=int, default=224 * 224)
+    add_recipe_arguments(train)
+    train.add_argument("--max-samples", type=int, help="use at most this many per folder")
+    train.add_argument(
+        "--exclude-reader", action="append", default=[], metavar="ID", help="hold a reader out"
+    )
+    train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(func=run_train)
+
+    ev = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint (and the gaze ablations) on held-out data",
+        description="Prints a metrics table and writes metrics.json, roc.png and "
+        "trajectory overlays to --out. With --ablation, trains ordered, shuffled, random "
+        "and no-gaze models with the same budget on --train-data and compares them.",
+    )
+    ev.add_argument("--ckpt", type=Path, metavar="DIR", help="default: the shipped checkpoint")
+    ev.add_argument("--data", required=True, type=Path, action="append", metavar="DIR")
+    ev.add_argument("--format", choices=FORMATS, default="synthetic")
+    ev.add_argument("--out", required=True, type=Path, metavar="DIR")
+    ev.add_argument("--max-samples", type=int, help="use at most this many per folder")
+    ev.add_argument("--reader", action="append", default=[], metavar="ID", help="only these")
+    ev.add_argument("--device")
+    ev.add_argument("--ablation", action="store_true", help="run the four gaze ablations")
+    ev.add_argument(
+        "--train-data", type=Path, action="append", metavar="DIR", help="training data (ablation)"
+    )
+    ev.add_argument("--exclude-reader", action="append", default=[], metavar="ID")
+    ev.add_argument("--train-format", choices=FORMATS, default="synthetic")
+    ev.add_argument("--ablation-epochs", type=int, default=4, help="multitask epochs each")
+    ev.add_argument("--ablation-gaze-epochs", type=int, default=1)
+    ev.add_argument("--ablation-max-samples", type=int)
+    add_recipe_arguments(ev, for_ablation=True)
+    ev.add_argument(
+        "--ablation-modes",
+        default="ordered,shuffled,random,none",
+        help="comma-separated gaze modes to train and compare (default all four)",
+    )
+    ev.set_defaults(func=run_eval)
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, for_ablation: bool = False) -> None:
+    """Options of how a model is built and trained, shared by ``gazex train`` and the
+    ablation models of ``gazex eval --ablation``; the defaults are the shipped recipe
+    (``model/MODEL_CARD.md``)."""
+    prefix = "ablation models: " if for_ablation else ""
+    parser.add_argument("--size", choices=SIZES, default="small", help=f"{prefix}backbone size")
+    parser.add_argument(
+        "--conv-branch",
+        type=int,
+        nargs="*",
+        default=[16, 32, 64],
+        metavar="C",
+        help=f"{prefix}widths of the vision encoder's convolutional branch "
+        "(default 16 32 64; none given: a plain ViT)",
+    )
+    parser.add_argument(
+        "--finding-pool",
+        choices=FINDING_POOL_CHOICES,
+        default="attention+global",
+        help=f"{prefix}finding head pooling (attention+global adds the image tokens' "
+        "channel-wise maximum and mean)",
+    )
+    for flag, what in (
+        ("--detail-channel", "fine detail (film minus blur) as the second input channel"),
+        ("--own-gaze", "multitask stage: feed back the model's own fixations, not the reader's"),
+        ("--balance-gaze-labels", "weight the gaze step/region losses by 1/sqrt(frequency)"),
+    ):
+        parser.add_argument(
+            flag, action=argparse.BooleanOptionalAction, default=True, help=prefix + what
+        )
+    parser.add_argument(
+        "--finding-weight", type=float, default=3.0, help=f"{prefix}finding loss weight (default 3)"
+    )
+    parser.add_argument(
+        "--box-weight", type=float, default=0.5, help=f"{prefix}box loss weight (default 0.5)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="CPU threads (default 1)")
+
+
+def recipe(args: argparse.Namespace, **fixed: Any) -> tuple[GazeXSettings, TrainConfig]:
+    """Settings and training configuration from :func:`add_recipe_arguments`' options
+    plus ``fixed`` (the gaze mode, epochs and whatever else the command fixes itself)."""
+    from model.architecture import TINY, GazeXSettings, ModelSize
+    from model.train.loop import TrainConfig
+
+    setting_names = {f.name for f in dataclasses.fields(GazeXSettings)}
+    settings = GazeXSettings(
+        conv_branch=tuple(args.conv_branch),
+        detail_channel=args.detail_channel,
+        finding_pool=args.finding_pool,
+        **{k: v for k, v in fixed.items() if k in setting_names},
+    )
+    config = TrainConfig(
+        size=TINY if args.size == "tiny" else ModelSize(),
+        own_gaze=args.own_gaze,
+        balance_gaze_labels=args.balance_gaze_labels,
+        finding_weight=args.finding_weight,
+        box_weight=args.box_weight,
+        seed=args.seed,
+        threads=args.threads,
+        **{k: v for k, v in fixed.items() if k not in setting_names},
+    )
+    return settings, config
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from model.train.datasets import load_split
+    from model.train.loop import train
+
+    samples = load_split(
+        args.data, args.format, "train", args.max_samples, exclude_readers=args.exclude_reader
+    )
+    train_samples, val_samples = split_validation(samples)
+    settings, config = recipe(
+        args,
+        gaze_mode=args.gaze_mode,
+        gaze_epochs=args.gaze_epochs,
+        multitask_epochs=args.epochs,
+        num_gaze_tokens=args.gaze_tokens,
+        max_pixels=args.max_pixels,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        progress=not args.no_progress,
+    )
+    logger.info(
+        "training on %d samples (%d held out for thresholds)", len(train_samples), len(val_samples)
+    )
+    train(
+        train_samples,
+        args.out,
+        settings,
+        config,
+        val_samples=val_samples,
+        backbone=args.backbone,
+        device=args.device,
+    )
+    print(f"checkpoint written to {args.out}")
+    return 0
+
+
+def split_validation(
+    samples: Sequence[GazeSample], every: int = 10
+) -> tuple[list[GazeSample], list[GazeSample]]:
+    """Every ``every``-th sample is held out to calibrate the finding thresholds."""
+    if len(samples) < 2:
+        return list(samples), []
+    train = [s for i, s in enumerate(samples) if i % every != every - 1]
+    held = [s for i, s in enumerate(samples) if i % every == every - 1]
+    return train, held
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from model.architecture import GazeXModel, configure_threads, select_device
+    from model.predictor import default_checkpoint
+    from model.train.datasets import load_split
+    from model.train.evaluate import evaluate, format_per_finding, format_table
+
+    device = select_device(args.device)
+    configure_threads(device, args.threads)
+    test = load_split(args.data, args.format, "test", args.max_samples, readers=args.reader)
+    columns = {}
+    if not args.ablation:
+        ckpt = args.ckpt or default_checkpoint()
+        model = GazeXModel.load(ckpt, device=device)
+        metrics = evaluate(model, test, args.out, device)
+        print(format_table({ckpt.name: metrics}))
+        print()
+        print(format_per_finding(metrics))
+        print(f"\nwritten to {args.out}")
+        return 0
+    if args.train_data is None:
+        raise ValueError("--ablation needs --train-data DIR (the data the four models train on)")
+    from model.train.loop import train
+
+    samples = load_split(
+        args.train_data,
+        args.train_format,
+        "train",
+        args.ablation_max_samples,
+        exclude_readers=args.exclude_reader,
+    )
+    train_samples, val_samples = split_validation(samples)
+    modes = [m.strip() for m in args.ablation_modes.split(",") if m.strip()]
+    unknown = sorted(set(modes) - set(GAZE_MODE_CHOICES))
+    if unknown or not modes:
+        raise ValueError(f"--ablation-modes: unknown gaze modes {unknown or modes}")
+    for mode in modes:
+        settings, config = recipe(
+            args,
+            gaze_mode=mode,
+            gaze_epochs=args.ablation_gaze_epochs,
+            multitask_epochs=args.ablation_epochs,
+            progress=False,
+        )
+        out = args.out / f"ablation-{mode}"
+        logger.info("ablation %s: training", mode)
+        model = train(
+            train_samples,
+            out / "checkpoint",
+            settings,
+            config,
+            val_samples=val_samples,
+            device=device,
+        )
+        columns[mode] = evaluate(model, test, out, device)
+        print(f"[{mode}] macro AUROC {columns[mode]['macro_auroc']:.3f}", flush=True)
+    table = format_table(columns)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ablation.txt").write_text(table + "\n")
+    (args.out / "ablation.json").write_text(
+        json.dumps(
+            {m: {k: v for k, v in c.items() if k != "per_finding"} for m, c in columns.items()},
+            indent=1,
+            default=str,
+        )
+    )
+    return 0

@@ -1,0 +1,114 @@
+"""The two Comprehensive 3D SR documents of a result: findings and inspection trajectory.
+
+Both are TID 1500 "Measurement Report" documents (see ``templates``) in their own series of
+the source study; they differ in their measurement groups. Revision n > 1 of a document
+lists revision n - 1 in PredecessorDocumentsSequence.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
+
+from model.result import InferenceResult
+from sr_templates import codes, content, templates, uids
+from sr_templates._common import equipment, ordered_findings, series
+from sr_templates.enum import ObjectKindValues
+
+
+def build_findings_sr(
+    result: InferenceResult, source: Dataset, revision: int = 1
+) -> hd.sr.Comprehensive3DSR:
+    """The findings SR: Comprehensive 3D SR, TID 1500 with one group per finding, the ABCDEF
+    report, skipped steps and the intended-use statement (see ``templates``)."""
+    content.check_source(result, source)
+    algorithm_id = templates.algorithm_identification(result.model)
+    groups = [
+        templates.finding_group(result, f, source, algorithm_id) for f in ordered_findings(result)
+    ]
+    if not groups:
+        groups = [_no_finding_group(result, source, algorithm_id)]
+    report = templates.measurement_report(
+        result.model, groups, source, templates.report_evaluations(result)
+    )
+    return _document(result, source, ObjectKindValues.FINDINGS_SR, revision, report)
+
+
+def build_trajectory_sr(
+    result: InferenceResult, source: Dataset, revision: int = 1
+) -> hd.sr.Comprehensive3DSR | None:
+    """The trajectory SR (its own series): TID 1500 with one TID 1410 group per fixation and
+    the open POLYLINE path; ``None`` when the result has no fixation."""
+    content.check_source(result, source)
+    if not result.trajectory:
+        return None
+    algorithm_id = templates.algorithm_identification(result.model)
+    groups: list[templates.MeasurementGroup] = [
+        templates.fixation_group(result, number, fixation, source, algorithm_id)
+        for number, fixation in enumerate(result.trajectory, start=1)
+    ]
+    if len(result.trajectory) >= 2:
+        groups.append(templates.path_group(result, source, algorithm_id))
+    report = templates.measurement_report(
+        result.model, groups, source, templates.coverage_evaluations(result)
+    )
+    return _document(result, source, ObjectKindValues.TRAJECTORY_SR, revision, report)
+
+
+def _document(
+    result: InferenceResult,
+    source: Dataset,
+    kind: ObjectKindValues,
+    revision: int,
+    report: hd.sr.MeasurementReport,
+) -> hd.sr.Comprehensive3DSR:
+    """The SR document holding ``report``, built by highdicom's constructor from the whole
+    content tree: it types a copy of the tree (``.content``), checks it, and collects the
+    evidence from every reference in it (all of them the source image)."""
+    return hd.sr.Comprehensive3DSR(
+        evidence=[source],
+        content=report,
+        **series(result, kind, revision),
+        **equipment(result),
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        previous_versions=[_predecessor(result, kind, revision)] if revision > 1 else None,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        coding_schemes=[codes.gazex_coding_scheme()],
+    )
+
+
+def _predecessor(result: InferenceResult, kind: ObjectKindValues, revision: int) -> Dataset:
+    """Enough of revision ``revision - 1`` to list it in PredecessorDocumentsSequence."""
+    ids = uids.object_uids(result, kind, revision - 1)
+    ds = Dataset()
+    ds.StudyInstanceUID = result.source.StudyInstanceUID
+    ds.SeriesInstanceUID = ids.SeriesInstanceUID
+    ds.SOPInstanceUID = ids.SOPInstanceUID
+    ds.SOPClassUID = Comprehensive3DSRStorage
+    return ds
+
+
+def _no_finding_group(
+    result: InferenceResult, source: Dataset, algorithm_id: hd.sr.AlgorithmIdentification
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group saying the model reported no finding label at all (TID 1500 needs one
+    group at least)."""
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=uids.tracking_uid(result, "no-finding"), identifier="No finding reported"
+        ),
+        algorithm_id=algorithm_id,
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+            )
+        ],
+    )
+    group[0].ContentSequence.append(
+        content.text(codes.FINDING, "The model reported no finding for this image.")
+    )
+    return group
