@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -161,6 +164,57 @@ def test_outbox_retries_down_destination_without_blocking_others(
     finally:
         later.stop()
     assert len(later.received()) == 2
+
+
+def test_delivery_loop_sends_to_others_while_a_peer_hangs(
+    env: Path, database_url: str, destination: StoreSCP
+) -> None:
+    """The node's delivery loop sends each peer's rows on a thread of its own: a destination
+    that accepts the connection but never answers holds only its own rows, and another
+    destination gets its results meanwhile."""
+    settings = load_settings(
+        None, home=env / "home", database__url=database_url, node__acse_timeout=4.0
+    )
+    sessions = db.make_sessionmaker(db.make_engine(database_url))
+    peers = PeerDirectory(sessions)
+    with socket.socket() as hung_socket:
+        hung_socket.bind(("127.0.0.1", 0))
+        hung_socket.listen(8)  # the kernel completes the handshake; nobody ever answers
+        hung = peers.add("HUNG", "HUNG", "127.0.0.1", hung_socket.getsockname()[1], ["destination"])
+        up = peers.add("UP", "DEST", "127.0.0.1", destination.port, ["destination"])
+        outbox = Outbox(settings, sessions)
+        files = study_files(env / "send", 2)
+        with sessions.begin() as session:
+            for peer in (hung, up):
+                for path in files:
+                    ds = dcmread(path, stop_before_pixels=True)
+                    outbox.enqueue(session, peer.id, ds.SOPInstanceUID, ds.SOPClassUID, path)
+        stop = threading.Event()
+        loop = threading.Thread(target=outbox.run, args=(stop,))
+        loop.start()
+        try:
+            deadline = time.monotonic() + 3.5  # before the hung association times out
+            while True:
+                with sessions() as session:
+                    items = session.scalars(select(OutboxItem)).all()
+                rows = {(r.peer_id, r.SOPInstanceUID): r for r in items}
+                sent = [
+                    r for (p, _), r in rows.items() if p == up.id and r.state is OutboxState.SENT
+                ]
+                if len(sent) == 2 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            loop.join(timeout=30)
+    assert not loop.is_alive()
+    assert len(destination.received()) == 2
+    assert all(r.state is OutboxState.SENT for (p, _), r in rows.items() if p == up.id)
+    assert all(
+        r.state is OutboxState.PENDING and r.attempts == 0
+        for (p, _), r in rows.items()
+        if p == hung.id
+    )
 
 
 def test_settings_file_environment_and_errors(
