@@ -5,10 +5,16 @@ reads any ``*.msg`` file it lists, without the lock. A poll that falls between t
 and the write reads an empty file, and the message is gone: seen here as a study left
 ``queued`` with an empty queue folder. Here a message is written under a name the reader
 skips and renamed into place, which is atomic, so a reader sees the whole message or none.
+
+Its exchange tables have the same hole: a new table file is created, then locked, then
+written, and a publisher that opens it in between reads an empty file and fails
+(``JSONDecodeError``; seen as a red CI run). A new table is written aside and linked into
+place, which is atomic and fails when another binder got there first.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from time import monotonic
@@ -35,6 +41,24 @@ class Channel(filesystem.Channel):
         except OSError as exc:
             partial.unlink(missing_ok=True)
             raise ChannelError(f"cannot add a message to {self.data_folder_out!r}") from exc
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        table: Path = self._exchange_file(exchange)  # type: ignore[no-untyped-call]
+        if not table.exists():
+            table.parent.mkdir(parents=True, exist_ok=True)
+            partial = table.with_name(f".{table.name}.{uuid.uuid4().hex}.partial")
+            entry = [[routing_key or "", pattern or "", queue or ""]]
+            try:
+                partial.write_bytes(dumps(entry).encode("utf-8"))  # type: ignore[no-untyped-call]
+                os.link(partial, table)
+                return
+            except FileExistsError:
+                pass  # another connection created it meanwhile: add to it below
+            except OSError as exc:
+                raise ChannelError(f"cannot write the exchange table {table}") from exc
+            finally:
+                partial.unlink(missing_ok=True)
+        super()._queue_bind(exchange, routing_key, pattern, queue)  # type: ignore[no-untyped-call]
 
 
 class Transport(filesystem.Transport):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,11 +17,11 @@ from nodekit import StoreSCP, free_port
 from pydicom import dcmread
 from sqlalchemy import select
 
-from dicom_node import db
+from dicom_node import db, scu
 from dicom_node.cli import main
 from dicom_node.db.models import OutboxItem, OutboxState, utcnow
 from dicom_node.outbox import Outbox
-from dicom_node.peers import PeerDirectory
+from dicom_node.peers import PeerDirectory, PeerInfo
 from dicom_node.settings import load_settings
 
 pytestmark = pytest.mark.integration
@@ -164,6 +166,47 @@ def test_outbox_retries_down_destination_without_blocking_others(
     finally:
         later.stop()
     assert len(later.received()) == 2
+
+
+def test_many_small_files_back_to_back_under_cpu_load(
+    tmp_path: Path, destination: StoreSCP
+) -> None:
+    """A hundred small files on one association all arrive while two busy processes load the
+    CPU and two busy threads the GIL: the association's reactor never takes a C-STORE
+    response from the sender (pynetdicom's pause race; before the fix 42 to 96 of the 100
+    were lost, see dicom_node.scu._ReactorCheckpoint)."""
+    files = study_files(tmp_path / "send", 100)
+    peer = PeerInfo(1, "DEST", "STORESCP", "127.0.0.1", destination.port, ("destination",), True)
+    stop = threading.Event()
+
+    def busy() -> None:
+        count = 0
+        while not stop.is_set():
+            count += 1
+
+    threads = [threading.Thread(target=busy, daemon=True) for _ in range(2)]
+    burners = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import time\nend = time.time() + 60\nwhile time.time() < end: pass",
+            ]
+        )
+        for _ in range(2)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        results = scu.send(peer, files, "GAZEX", scu.Timeouts(dimse=5.0))
+    finally:
+        stop.set()
+        for burner in burners:
+            burner.kill()
+            burner.wait()
+    failed = [(r.path.name, r.status, r.error) for r in results if not r.ok]
+    assert failed == []
+    assert len(destination.received()) == 100
 
 
 def test_delivery_loop_sends_to_others_while_a_peer_hangs(

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kombu import Connection
+from kombu.transport import filesystem
 
 from dicom_node.folder_broker import Transport
 
@@ -65,3 +68,40 @@ def test_reader_polling_while_messages_are_written_gets_every_message(tmp_path: 
     assert errors == []
     assert sorted(received) == list(range(MESSAGES))
     assert not [p for p in (tmp_path / "queue").iterdir() if p.name.endswith(".msg")]
+
+
+def test_publishing_while_a_queue_is_first_bound_never_reads_an_empty_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publisher that looks up the exchange table while a consumer binds the first queue
+    never meets a half-written table. kombu creates the table file, then locks and writes
+    it; the lock is slowed here so that a publisher always falls into that gap (kombu's own
+    writer then fails it with JSONDecodeError)."""
+    slow_lock = filesystem.lock
+
+    def lock(handle: Any, flags: int) -> None:
+        if flags == filesystem.LOCK_EX:
+            time.sleep(0.3)
+        slow_lock(handle, flags)
+
+    monkeypatch.setattr(filesystem, "lock", lock)
+    (tmp_path / "queue").mkdir()
+    bound = threading.Event()
+
+    def declare() -> None:
+        with _connection(tmp_path) as conn:
+            conn.SimpleQueue("gpu").close()
+        bound.set()
+
+    consumer = threading.Thread(target=declare)
+    consumer.start()
+    errors: list[BaseException] = []
+    with _connection(tmp_path) as conn:
+        producer = conn.Producer()
+        while not bound.wait(0.01):
+            try:
+                producer.publish({"n": 1}, exchange="gpu", routing_key="gpu")
+            except Exception as exc:  # noqa: BLE001 - the decode error, whatever wraps it
+                errors.append(exc)
+    consumer.join(timeout=10)
+    assert errors == []
