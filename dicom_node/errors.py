@@ -9,6 +9,8 @@
     │   ├── DataSetMismatch           0xA900: does not match the SOP class / request
     │   └── CannotUnderstand          0xC000: cannot be parsed
     ├── AnalysisRefused (ValueError)  poison input: the worker records it, never retries
+    ├── ModelUnavailable (RuntimeError)  the model stack is not installed, or the checkpoint
+    │                                    cannot be loaded: the worker is not ready
     ├── OutOfResources (OSError)      0xA700: disk full or database unavailable
     ├── DeliveryError (OSError)       a destination refused or could not be reached
     ├── HL7BuildError (ValueError)    an ORU^R01 could not be built or failed validation
@@ -50,6 +52,28 @@ class CannotUnderstand(StoreRejected):
 
 class AnalysisRefused(GazexError, ValueError):
     """A study the model cannot analyse (no frontal radiograph, unreadable pixels)."""
+
+
+#: Top-level modules of the ``[model]`` extra (pyproject.toml).
+MODEL_EXTRA_MODULES = frozenset(
+    {"torch", "transformers", "tokenizers", "safetensors", "multimatch_gaze"}
+)
+
+
+class ModelUnavailable(GazexError, RuntimeError):
+    """The model cannot be loaded in this process; the message says what to do."""
+
+    @classmethod
+    def missing_extra(cls, exc: ModuleNotFoundError) -> ModelUnavailable | None:
+        """The error for an import that failed because the ``[model]`` extra is not
+        installed, or None when the missing module is something else."""
+        root = (exc.name or "").partition(".")[0]
+        if root not in MODEL_EXTRA_MODULES:
+            return None
+        return cls(
+            f"the model stack is not installed (no module named {root!r}); install it with "
+            "`pip install 'gazex-node[model]'` (scripts/setup does)"
+        )
 
 
 class OutOfResources(GazexError, OSError):

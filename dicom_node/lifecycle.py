@@ -6,6 +6,7 @@ with it) is made here, in the caller's transaction.
         +--skip--> SKIPPED    |  +--requeue (restart)--+                    |   +--> FAILED
                               +----------requeue (stale worker)-------------+
     ANALYSING --succeeded--> ANALYSED --delivered and acknowledged--> DONE
+    ANALYSING --succeeded, but no destination--> UNDELIVERED (results kept in the spool)
     any state --a late or changed instance--> RECEIVING (a new revision if one was analysed)
 
 The SCP (receiver, completion loop), the workers (analysis) and the outbox (delivery) call
@@ -42,12 +43,21 @@ ALLOWED: dict[StudyState, frozenset[StudyState]] = {
     S.RECEIVING: frozenset({S.RECEIVING, S.COMPLETE, S.SKIPPED}),
     S.COMPLETE: frozenset({S.RECEIVING, S.QUEUED, S.ANALYSING}),
     S.QUEUED: frozenset({S.RECEIVING, S.COMPLETE, S.ANALYSING}),
-    S.ANALYSING: frozenset({S.RECEIVING, S.COMPLETE, S.ANALYSING, S.ANALYSED, S.FAILED}),
+    S.ANALYSING: frozenset(
+        {S.RECEIVING, S.COMPLETE, S.ANALYSING, S.ANALYSED, S.UNDELIVERED, S.FAILED}
+    ),
     S.ANALYSED: frozenset({S.RECEIVING, S.DONE}),
+    S.UNDELIVERED: frozenset({S.RECEIVING}),
     S.DONE: frozenset({S.RECEIVING}),
     S.SKIPPED: frozenset({S.RECEIVING}),
     S.FAILED: frozenset({S.RECEIVING}),
 }
+
+
+NO_DESTINATION = (
+    "no destination: the sender is not a destination peer and the routing rule names none; "
+    "the results are kept in the spool (gazex ae add NAME ... --role destination)"
+)
 
 
 class IllegalTransition(RuntimeError):
@@ -176,12 +186,18 @@ def start_analysis(session: Session, study: Study) -> Analysis | str:
     return analysis
 
 
-def analysis_succeeded(session: Session, analysis: Analysis) -> Study:
-    """The results are stored and in the outbox: the study is analysed (and done at once
-    when nothing is left to deliver or acknowledge)."""
+def analysis_succeeded(session: Session, analysis: Analysis, destinations: int) -> Study:
+    """The results are stored and in the outbox for ``destinations`` peers: the study is
+    analysed (and done at once when nothing is left to deliver or acknowledge). With no
+    destination it is undelivered: the results stay in the spool and nobody is told that
+    they arrived, so the state says so instead of "done"."""
     analysis.state = AnalysisState.SUCCEEDED
     analysis.finished_at = utcnow()
     study = session.get_one(Study, analysis.study_id)
+    if destinations == 0:
+        _move(study, StudyState.UNDELIVERED)
+        study.reason = NO_DESTINATION
+        return study
     _move(study, StudyState.ANALYSED)
     mark_done_if_finished(session, analysis)
     return study

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,20 +43,42 @@ def _indexed(path: Path, index: int, count: int) -> Path:
     return path if count == 1 else path.with_name(f"{path.stem}-{index}{path.suffix}")
 
 
-def run_predict(args: argparse.Namespace) -> int:
+def _read_radiograph(path: Path) -> Dataset:
+    """The data set of ``path``; ValueError or FileNotFoundError naming the file and what is
+    wrong with it, before any model is loaded."""
     import pydicom
+    from pydicom.errors import InvalidDicomError
 
+    from model.pixels import check_radiograph
+
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give the DICOM files in it (e.g. {path}/*.dcm)")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        raise ValueError(f"{path} is not a DICOM file") from None
+    try:
+        check_radiograph(ds)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    return ds
+
+
+def run_predict(args: argparse.Namespace) -> int:
     from model.overlay import overlay
     from model.pixels import display_image
     from model.predictor import Predictor
 
+    datasets = [_read_radiograph(path) for path in args.files]
+    images = []
+    for path, ds in zip(args.files, datasets, strict=True):
+        try:
+            images.append(display_image(ds))
+        except (ValueError, NotImplementedError, RuntimeError) as exc:
+            raise ValueError(f"{path}: the pixel data cannot be decoded: {exc}") from None
     predictor = Predictor.from_checkpoint(args.ckpt, device=args.device)
-    datasets = []
-    for path in args.files:
-        if not path.is_file():
-            raise FileNotFoundError(f"no such file: {path}")
-        datasets.append(pydicom.dcmread(path))
-    images = [display_image(ds) for ds in datasets]
     results = predictor.predict_images(datasets, images, args.question)
     for index, (path, result) in enumerate(zip(args.files, results, strict=True)):
         print(

@@ -23,6 +23,21 @@ class PixelDataError(ValueError):
     """The dataset has no usable grayscale image."""
 
 
+#: The modalities of the films the model reads.
+RADIOGRAPHS = frozenset({"CR", "DX"})
+
+
+def check_radiograph(ds: Dataset) -> None:
+    """Raise ValueError, saying what the object is, unless it is a CR or DX image."""
+    modality = str(ds.get("Modality", "") or "none")
+    if modality not in RADIOGRAPHS:
+        raise ValueError(
+            f"not a radiograph (Modality {modality}): the model reads CR and DX images"
+        )
+    if "PixelData" not in ds:
+        raise ValueError("the data set has no pixel data")
+
+
 def stored_values(ds: Dataset) -> npt.NDArray[np.float64]:
     """The first frame's stored values, BitsStored honoured, as float64."""
     return _stored_from_frame(_first_frame(ds), ds)

@@ -33,7 +33,7 @@ from dicom_node.db.models import (
     Study,
     utcnow,
 )
-from dicom_node.errors import AnalysisRefused
+from dicom_node.errors import AnalysisRefused, ModelUnavailable
 from dicom_node.peers import PeerInfo
 from dicom_node.spool import Spool, short_hash
 from workers.builder import EncodedObject
@@ -149,7 +149,10 @@ def _analyze(
         chosen, row.detail = select_image(instances)
         source = _read(ctx, chosen)
     with step(ctx, analysis_id, "predict"):
-        predictor = ctx.predictor
+        try:
+            predictor = ctx.predictor
+        except ModelUnavailable as exc:
+            raise AnalysisRefused(f"model unavailable: {exc}") from exc
         try:
             with ctx.metrics.model_seconds.time():
                 result = predictor.predict(source)
@@ -202,15 +205,33 @@ def _analyze(
                     state=NotificationState.PENDING,
                 )
             )
-        study = lifecycle.analysis_succeeded(session, analysis)
+        study = lifecycle.analysis_succeeded(session, analysis, len(destinations))
         ctx.metrics.stage_reached("analysed", study.first_received_at)
-    logger.info(
-        "study #%d revision %d analysed: %d object(s) for %d destination(s)",
-        study_id,
-        revision,
-        len(stored),
-        len(destinations),
-    )
+        if not destinations:
+            ctx.audit.add(
+                session,
+                "results",
+                "undelivered",
+                ae_title=study.calling_ae,
+                StudyInstanceUID=study.StudyInstanceUID,
+                detail=f"{len(stored)} object(s) kept in the spool: no destination",
+            )
+    if destinations:
+        logger.info(
+            "study #%d revision %d analysed: %d object(s) for %s",
+            study_id,
+            revision,
+            len(stored),
+            ", ".join(p.name for p in destinations),
+        )
+    else:
+        logger.warning(
+            "study #%d revision %d analysed, but its %d object(s) go nowhere: %s",
+            study_id,
+            revision,
+            len(stored),
+            lifecycle.NO_DESTINATION,
+        )
     return AnalysisOutcome(analysis_id, "analysed", notify)
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import db
 from dicom_node.audit import AuditLog
-from dicom_node.errors import ConfigError
+from dicom_node.errors import ConfigError, ModelUnavailable
 from dicom_node.metrics import Metrics
 from dicom_node.outbox import Outbox
 from dicom_node.peers import PeerDirectory
@@ -78,8 +78,11 @@ class WorkerContext:
     peers: PeerDirectory
     outbox: Outbox
     metrics: Metrics
+    audit: AuditLog
     builder: ObjectBuilder = field(default_factory=ObjectBuilder)
     _predictor: Predictor | None = None
+    #: why the model could not be loaded, for /readyz
+    model_error: str | None = None
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -96,6 +99,7 @@ class WorkerContext:
             peers=PeerDirectory(sessions, audit=audit),
             outbox=Outbox(settings, sessions, metrics=metrics, audit=audit),
             metrics=metrics,
+            audit=audit,
         )
 
     @property
@@ -104,16 +108,39 @@ class WorkerContext:
 
     @property
     def predictor(self) -> Predictor:
-        """The model, loaded on first use (torch is imported here, never in the node)."""
+        """The model, loaded on first use (torch is imported here, never in the node).
+
+        Raises ModelUnavailable, with what to do, when the model stack is not installed or
+        the checkpoint cannot be read; ``model_error`` keeps the reason for the probes.
+        """
         with self._model_lock:
             if self._predictor is None:
-                backend = load_backend(self.settings.model.backend)
-                self._predictor = backend.from_checkpoint(
-                    self.settings.model.checkpoint, device=self.settings.model.device
-                )
-                _warm_up(self._predictor, self.builder)
-                self.metrics.set_model_version(self._predictor.info.version)
+                try:
+                    self._predictor = self._load_model()
+                except ModelUnavailable as exc:
+                    self.model_error = str(exc)
+                    raise
+                self.model_error = None
             return self._predictor
+
+    def _load_model(self) -> Predictor:
+        model = self.settings.model
+        try:
+            backend = load_backend(model.backend)
+            predictor = backend.from_checkpoint(model.checkpoint, device=model.device)
+        except ModuleNotFoundError as exc:
+            unavailable = ModelUnavailable.missing_extra(exc)
+            if unavailable is None:
+                raise
+            raise unavailable from exc
+        except ConfigError as exc:
+            raise ModelUnavailable(str(exc)) from exc
+        except (OSError, ValueError) as exc:
+            where = model.checkpoint or "the shipped checkpoint"
+            raise ModelUnavailable(f"model.checkpoint: cannot load {where}: {exc}") from exc
+        _warm_up(predictor, self.builder)
+        self.metrics.set_model_version(predictor.info.version)
+        return predictor
 
     def close(self) -> None:
         self.builder.close()

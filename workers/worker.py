@@ -9,6 +9,7 @@ from typing import Any
 from celery import Celery, signals
 
 from dicom_node.dispatch import celery_config
+from dicom_node.errors import ModelUnavailable
 from dicom_node.http import HealthServer, start_http
 from dicom_node.settings import Settings
 from workers import tasks
@@ -49,7 +50,9 @@ class _Probes:
         context = WorkerContext.current()
 
         def model_check() -> str | None:
-            return None if context.model_loaded else "model not loaded"
+            if context.model_loaded:
+                return None
+            return context.model_error or "model not loaded"
 
         checks = {"model": model_check} if self._analysis else {}
         self.server = start_http(self._settings, context.engine, context.metrics, checks)
@@ -67,7 +70,11 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int | None = 
             # The pool child does the analyses: it loads and warms up the model, and
             # serves the probes and metrics that describe it.
             WorkerContext.bind(settings)  # never share an engine across a fork
-            WorkerContext.current().predictor  # noqa: B018
+            try:
+                WorkerContext.current().predictor  # noqa: B018
+            except ModelUnavailable as exc:
+                # Stay up: /readyz says why, and each study fails with the reason.
+                logger.error("the model cannot be loaded: %s", exc)
             probes.serve()
 
     else:

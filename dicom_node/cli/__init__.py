@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 
-from dicom_node.errors import GazexError
+from dicom_node.errors import GazexError, ModelUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as exc:
+        unavailable = ModelUnavailable.missing_extra(exc)
+        if unavailable is None:
+            raise
+        print(f"gazex {args.command}: error: {unavailable}", file=sys.stderr)
+        return 1
     except (GazexError, ValueError, OSError) as exc:
         # The message names the key, file or peer at fault. Bad input (a ValueError) exits
         # 2; a peer, disk or network that failed us exits 1.

@@ -62,7 +62,14 @@ class StatusReport:
     def render(self) -> str:
         lines = ["Studies by state:"]
         for state in StudyState:
-            lines.append(f"  {state.value:<10} {self.studies.get(state.value, 0)}")
+            lines.append(f"  {state.value:<11} {self.studies.get(state.value, 0)}")
+        undelivered = self.studies.get(StudyState.UNDELIVERED.value, 0)
+        if undelivered:
+            lines.append(
+                f"  ! {undelivered} analysed study(ies) went to no destination: add the sender "
+                "as one (gazex ae edit NAME --role source,destination) or name destinations "
+                "in the routing rule, then resend"
+            )
         lines.append("Outbox backlog:")
         if not self.backlog:
             lines.append("  empty")

@@ -58,6 +58,8 @@ class StudyState(StrEnum):
     QUEUED = "queued"  # handed to the analysis queue
     ANALYSING = "analysing"
     ANALYSED = "analysed"  # results built and placed in the outbox
+    #: results built, but no destination to send them to: kept in the spool, said plainly
+    UNDELIVERED = "undelivered"
     DONE = "done"  # results delivered (and HL7 sent, when configured)
     SKIPPED = "skipped"  # no routing rule matched; reason recorded
     FAILED = "failed"  # analysis refused the input; reason recorded

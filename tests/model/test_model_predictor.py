@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -129,3 +131,56 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path: Path) -> None:
     """Loading a folder that is not a checkpoint raises a ValueError naming what is missing."""
     with pytest.raises(ValueError, match="lacks"):
         Predictor.from_checkpoint(tmp_path)
+
+
+def test_predict_says_in_one_line_what_is_wrong_with_its_input(
+    tmp_path: Path,
+    dicom_factory: Callable[..., Dataset],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`gazex predict` on a PNG, a folder, a missing file or a DICOM object that is no
+    radiograph exits non-zero with one line naming the file and what is wrong, and checks
+    the files before it loads a model (the checkpoint here does not exist)."""
+    from dicom_node.cli import main
+
+    png = tmp_path / "film.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+    seg = tmp_path / "seg.dcm"
+    ds = dicom_factory(40, 40)
+    ds.Modality = "SEG"
+    ds.save_as(seg, enforce_file_format=True)
+    cases = {
+        png: (2, f"{png} is not a DICOM file"),
+        tmp_path: (2, f"{tmp_path} is a folder"),
+        tmp_path / "gone.dcm": (1, "no such file"),
+        seg: (2, "not a radiograph (Modality SEG)"),
+    }
+    for path, (code, message) in cases.items():
+        assert main(["predict", str(path), "--ckpt", str(tmp_path / "no-checkpoint")]) == code
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and message in error, error
+
+
+def test_predict_without_the_model_extra_says_how_to_install_it(
+    tmp_path: Path, dicom_factory: Callable[..., Dataset]
+) -> None:
+    """Without the `[model]` extra (safetensors missing here), `gazex predict` prints one
+    line naming the missing module and the install command, and no traceback."""
+    path = tmp_path / "film.dcm"
+    dicom_factory(40, 40).save_as(path, enforce_file_format=True)
+    without_extra = (
+        "import sys; sys.modules['safetensors'] = None\n"
+        "from dicom_node.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", without_extra, "predict", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "gazex predict: error: the model stack is not installed (no module named "
+        "'safetensors'); install it with `pip install 'gazex-node[model]'` (scripts/setup does)"
+    ]

@@ -89,6 +89,13 @@ ae_title = "STORESCU"
 host = "127.0.0.1"
 port = {destination.port}
 roles = ["source", "destination"]
+
+[[peers]]
+name = "MODALITY"
+ae_title = "MODALITY"
+host = "127.0.0.1"
+port = 104
+roles = ["source"]
 """,
             encoding="utf-8",
         )

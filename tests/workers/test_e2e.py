@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_study_round_trip(make_stack: MakeStack, tmp_path: Path, broker: str) ->
         timeout=60,
         check=True,
     ).stdout
-    assert "done       1" in status and "Recent failures:\n  none" in status
+    assert "done        1" in status and "Recent failures:\n  none" in status
     if http_port is not None:
         node_metrics = scrape(http_port)
         assert "gazex_instances_received_total 2.0" in node_metrics
@@ -101,3 +102,55 @@ def test_non_chest_study_is_skipped_and_corrupt_file_refused(
     assert echo.returncode == 0
     time.sleep(1.0)
     assert stack.destination.received() == []
+
+
+def test_study_from_a_source_that_is_no_destination_says_undelivered(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """A chest study from an AE that may send but is no destination is analysed, and then
+    said to be undelivered, not done: in its state and reason, `gazex status`, the audit
+    trail and the studies metric; nothing reaches the destination peer."""
+    http_port = free_port()
+    stack = make_stack("embedded", http_port=http_port)
+    stack.start("serve", "serve")
+    stack.wait_listening()
+    sent = chest_study(tmp_path / "study")
+    assert storescu(stack.port, sent, calling="MODALITY").returncode == 0
+    study_uid = dcmread(sent[0]).StudyInstanceUID
+    study = stack.wait_state(study_uid, {StudyState.UNDELIVERED, StudyState.DONE})
+    assert study.state is StudyState.UNDELIVERED
+    assert study.reason is not None and study.reason.startswith("no destination")
+    gazex = [sys.executable, "-m", "dicom_node.cli", "--config", str(stack.config)]
+    run = {"env": stack.env, "capture_output": True, "text": True, "timeout": 60, "check": True}
+    status = subprocess.run([*gazex, "status"], **run).stdout  # type: ignore[call-overload]
+    assert "undelivered 1" in status and "went to no destination" in status
+    audit = subprocess.run([*gazex, "audit", "--kind", "results"], **run).stdout  # type: ignore[call-overload]
+    assert "undelivered" in audit and "no destination" in audit
+    assert 'gazex_studies{state="undelivered"} 1.0' in scrape(http_port)
+    assert stack.destination.received() == []
+
+
+def test_a_worker_without_the_model_stack_is_not_ready_and_fails_the_study(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """Installed without the `[model]` extra (safetensors missing here), the analysis worker
+    stays up, /readyz answers 503 naming the missing extra, and a study fails with that
+    reason (before, it was re-queued in "analysing" for ever while /readyz said ready)."""
+    without_extra = tmp_path / "without-model-extra"
+    without_extra.mkdir()
+    (without_extra / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['safetensors'] = None\n"
+    )
+    http_port = free_port()
+    stack = make_stack("embedded", http_port=http_port)
+    stack.env["PYTHONPATH"] = str(without_extra)
+    stack.start("serve", "serve")
+    stack.wait_listening()
+    sent = chest_study(tmp_path / "study")
+    assert storescu(stack.port, sent).returncode == 0
+    study = stack.wait_state(dcmread(sent[0]).StudyInstanceUID, {StudyState.FAILED})
+    assert study.reason is not None and "gazex-node[model]" in study.reason
+    with pytest.raises(urllib.error.HTTPError) as answer:
+        urllib.request.urlopen(f"http://127.0.0.1:{http_port + 1}/readyz", timeout=10)
+    assert answer.value.code == 503
+    assert "no module named 'safetensors'" in answer.value.read().decode()
