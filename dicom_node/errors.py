@@ -12,6 +12,8 @@
     ├── ModelUnavailable (RuntimeError)  the model stack is not installed, or the checkpoint
     │                                    cannot be loaded: the worker is not ready
     ├── OutOfResources (OSError)      0xA700: disk full or database unavailable
+    ├── StartError (OSError)          the node cannot start: port in use, another node on
+    │                                 this home or database, database unreachable
     ├── DeliveryError (OSError)       a destination refused or could not be reached
     ├── HL7BuildError (ValueError)    an ORU^R01 could not be built or failed validation
     └── MLLPError                     an HL7 message was not accepted by the receiver
@@ -24,6 +26,8 @@
 """
 
 from __future__ import annotations
+
+import errno
 
 
 class GazexError(Exception):
@@ -78,6 +82,21 @@ class ModelUnavailable(GazexError, RuntimeError):
 
 class OutOfResources(GazexError, OSError):
     status = 0xA700
+
+
+class StartError(GazexError, OSError):
+    """The node cannot start; the message names the setting or resource at fault."""
+
+
+def port_error(key: str, bind: str, port: int, exc: OSError) -> StartError:
+    """The one-line error for a port that cannot be bound."""
+    if exc.errno == errno.EADDRINUSE:
+        why = "is in use (another node, or another program?)"
+    elif exc.errno == errno.EACCES:
+        why = "is not allowed (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    else:
+        why = f"cannot be opened ({exc.strerror or exc})"
+    return StartError(f"{key}: port {port} on {bind} {why}")
 
 
 class DeliveryError(GazexError, OSError):

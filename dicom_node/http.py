@@ -26,6 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicom_node.errors import port_error
 from dicom_node.metrics import Metrics
 from dicom_node.settings import Settings
 from dicom_node.spool import space_shortfall
@@ -238,18 +239,12 @@ def start_http(
     extra_checks: Mapping[str, Check] | None = None,
 ) -> HealthServer | None:
     """Start the HTTP port as ``settings.http`` says (the node, and each worker with its
-    own checks, e.g. ``{"model": ...}``). None when disabled or when the port is taken: the
-    process keeps doing its work without the probes (an orchestrator sees /readyz fail)."""
+    own checks, e.g. ``{"model": ...}``); None when disabled. A port that cannot be bound
+    raises StartError naming it: probes answering for another process would lie."""
     if not settings.http.enabled:
         return None
     checks = {**standard_checks(settings, engine), **(extra_checks or {})}
     try:
         return HealthServer(settings.http.bind, settings.http.port, metrics, checks).start()
     except OSError as exc:
-        logger.error(
-            "HTTP port %s:%d unavailable (%s): no /healthz, /readyz, /metrics",
-            settings.http.bind,
-            settings.http.port,
-            exc.strerror,
-        )
-        return None
+        raise port_error("http.port", settings.http.bind, settings.http.port, exc) from None

@@ -9,7 +9,7 @@ from typing import Any
 from celery import Celery, signals
 
 from dicom_node.dispatch import celery_config
-from dicom_node.errors import ModelUnavailable
+from dicom_node.errors import ModelUnavailable, StartError
 from dicom_node.http import HealthServer, start_http
 from dicom_node.settings import Settings
 from workers import tasks
@@ -55,7 +55,11 @@ class _Probes:
             return context.model_error or "model not loaded"
 
         checks = {"model": model_check} if self._analysis else {}
-        self.server = start_http(self._settings, context.engine, context.metrics, checks)
+        try:
+            self.server = start_http(self._settings, context.engine, context.metrics, checks)
+        except StartError as exc:
+            # The worker still works; its probes are missing, and the log says why.
+            logger.error("no /healthz, /readyz, /metrics for this worker: %s", exc)
 
 
 def run_worker(settings: Settings, queues: list[str], concurrency: int | None = None) -> None:

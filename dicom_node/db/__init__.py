@@ -15,7 +15,10 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.errors import StartError
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +76,40 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def migrate_embedded(url: str) -> None:
-    """The embedded SQLite default migrates itself; other databases use `gazex db upgrade`."""
-    if make_url(url).get_backend_name() == "sqlite":
-        upgrade(url)
+    """The embedded SQLite default migrates itself; other databases use `gazex db upgrade`.
+
+    Raises StartError naming the database when it cannot be opened or reached."""
+    with reachable(url):
+        if make_url(url).get_backend_name() == "sqlite":
+            upgrade(url)
+        else:
+            make_engine(url).dispose()
 
 
 def open_sessions(url: str) -> sessionmaker[Session]:
-    """Sessions for a command: the embedded default is migrated first."""
+    """Sessions for a command: the embedded default is migrated first, and a database that
+    cannot be reached is one line (StartError), not a traceback."""
     migrate_embedded(url)
-    return make_sessionmaker(make_engine(url))
+    engine = make_engine(url)
+    with reachable(url), engine.connect():
+        pass
+    return make_sessionmaker(engine)
+
+
+@contextmanager
+def reachable(url: str) -> Iterator[None]:
+    """Turn a database that cannot be opened or reached into StartError naming it (the URL
+    without its password) and saying why in the driver's first line."""
+    try:
+        yield
+    except (OperationalError, InterfaceError) as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        reason = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else ""
+        hint = ""
+        if make_url(url).get_backend_name() == "sqlite":
+            hint = " (is its folder there and writable?)"
+        raise StartError(f"database.url {shown}: {reason}{hint}") from None
+    except OSError as exc:  # the SQLite file's folder cannot be created
+        shown = make_url(url).render_as_string(hide_password=True)
+        where = exc.filename or "its folder"
+        raise StartError(f"database.url {shown}: cannot create {where}: {exc.strerror}") from None

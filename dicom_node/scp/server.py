@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import db
 from dicom_node.audit import AuditLog, os_user
+from dicom_node.errors import port_error
 from dicom_node.http import HealthServer, start_http
 from dicom_node.metrics import Metrics, QueueDepthCollector, StudiesCollector
 from dicom_node.outbox import Outbox
@@ -198,13 +199,17 @@ class Node:
             audit=self.audit,
             refusal=self.ae.refusal,
         )
-        self._server = self.ae.start_server(
-            (self.settings.node.bind, self.settings.node.port),
-            block=False,
-            contexts=[AcceptorContext.like(cx) for cx in self.ae.supported_contexts],
-            evt_handlers=handlers.handlers(),
-            ssl_context=server_ssl_context(self.settings.tls),
-        )
+        node = self.settings.node
+        try:
+            self._server = self.ae.start_server(
+                (node.bind, node.port),
+                block=False,
+                contexts=[AcceptorContext.like(cx) for cx in self.ae.supported_contexts],
+                evt_handlers=handlers.handlers(),
+                ssl_context=server_ssl_context(self.settings.tls),
+            )
+        except OSError as exc:
+            raise port_error("node.port", node.bind, node.port, exc) from None
         host, port = self._server.server_address[:2]
         logger.info(
             "%s listening on %s:%d%s",

@@ -33,9 +33,25 @@ def test_a_study_walks_from_receiving_to_done(sessions: sessionmaker[Session]) -
         analysis = lifecycle.start_analysis(session, study)
         assert isinstance(analysis, Analysis) and analysis.state is AnalysisState.RUNNING
         assert study.state is StudyState.ANALYSING
-        lifecycle.analysis_succeeded(session, analysis)
+        lifecycle.analysis_succeeded(session, analysis, destinations=1)
         assert study.state is StudyState.DONE
         assert lifecycle.start_analysis(session, study) == "study is done"
+
+
+def test_analysed_with_no_destination_is_undelivered(
+    sessions: sessionmaker[Session],
+) -> None:
+    """Results with nowhere to go leave the study undelivered, with the reason, not done."""
+    with sessions.begin() as session:
+        study = lifecycle.new_study("1.2.6", "DX", utcnow())
+        session.add(study)
+        session.flush()
+        lifecycle.complete(session, study, "chest", "matched chest", utcnow())
+        analysis = lifecycle.start_analysis(session, study)
+        assert isinstance(analysis, Analysis)
+        lifecycle.analysis_succeeded(session, analysis, destinations=0)
+        assert study.state is StudyState.UNDELIVERED
+        assert study.reason == lifecycle.NO_DESTINATION
 
 
 def test_a_late_instance_reopens_with_a_new_revision(
