@@ -75,7 +75,6 @@ class Dispatcher:
                 "interval_step": 0.5,
             },
         )
-        logger.info("study #%d handed to the analysis queue", study_id)
 
     def close(self) -> None:
         self._app.close()

@@ -67,7 +67,8 @@ class IllegalTransition(RuntimeError):
 def _move(study: Study, to: StudyState) -> None:
     if to not in ALLOWED[study.state]:
         raise IllegalTransition(
-            f"study #{study.id}: {study.state.value} -> {to.value} is not a transition"
+            f"study {short_hash(study.StudyInstanceUID)}: {study.state.value} -> {to.value} "
+            "is not a transition"
         )
     study.state = to
 
@@ -248,4 +249,4 @@ def mark_done_if_finished(session: Session, analysis: Analysis) -> None:
         and study.state is StudyState.ANALYSED
     ):
         _move(study, StudyState.DONE)
-        logger.info("study #%d done: results delivered", study.id)
+        logger.info("study %s done: results delivered", short_hash(study.StudyInstanceUID))

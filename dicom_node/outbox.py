@@ -172,7 +172,17 @@ class Outbox:
                         item.last_error,
                     )
                 else:
-                    item.next_attempt_at = utcnow() + self.backoff(item.attempts)
+                    wait = self.backoff(item.attempts)
+                    item.next_attempt_at = utcnow() + wait
+                    logger.warning(
+                        "delivery of %s to %s failed (%s): retry in %.0f s (attempt %d of %d)",
+                        short_hash(item.SOPInstanceUID),
+                        peer.name,
+                        item.last_error,
+                        wait.total_seconds(),
+                        item.attempts,
+                        self._settings.delivery.max_attempts,
+                    )
             session.flush()
             self._observe_delivered(session, studies)
             for analysis_id in {

@@ -290,12 +290,27 @@ class Settings(BaseSettings):
         return max(candidates)
 
 
+def config_path(config: str | os.PathLike[str] | None = None) -> Path | None:
+    """The settings file in use: ``config`` (``--config``), else ``$GAZEX_CONFIG``, else the
+    first that exists of ``$XDG_CONFIG_HOME/gazex/gazex.toml`` (``~/.config/...``) and
+    ``/etc/gazex/gazex.toml``, so every shell finds the same node without exports."""
+    explicit = config if config is not None else os.environ.get("GAZEX_CONFIG")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    for candidate in (Path(xdg) / "gazex" / "gazex.toml", Path("/etc/gazex/gazex.toml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Build the settings from ``config`` (or ``$GAZEX_CONFIG``), the environment and overrides.
+    """Build the settings from the settings file (``config_path``), the environment and
+    overrides.
 
     Raises ConfigError with one line naming the offending key.
     """
-    path = config if config is not None else os.environ.get("GAZEX_CONFIG")
+    path = config_path(config)
     data: dict[str, Any] = {}
     if path:
         try:

@@ -34,6 +34,7 @@ from dicom_node.db.models import (
     utcnow,
 )
 from dicom_node.errors import AnalysisRefused, ModelUnavailable
+from dicom_node.logs import bind
 from dicom_node.peers import PeerInfo
 from dicom_node.spool import Spool, short_hash
 from workers.builder import EncodedObject
@@ -112,7 +113,7 @@ def select_image(instances: list[Instance]) -> tuple[Instance, str]:
     return chosen, note
 
 
-def _start(ctx: WorkerContext, study_id: int) -> tuple[int, int, list[Instance]] | str:
+def _start(ctx: WorkerContext, study_id: int) -> tuple[str, int, int, list[Instance]] | str:
     """Claim the study's current analysis; returns why not when there is nothing to do."""
     with ctx.sessions.begin() as session:
         study = session.get(Study, study_id, with_for_update=True)
@@ -124,7 +125,7 @@ def _start(ctx: WorkerContext, study_id: int) -> tuple[int, int, list[Instance]]
         instances = list(
             session.scalars(select(Instance).where(Instance.study_id == study.id)).all()
         )
-        return analysis.id, study.revision, instances
+        return short_hash(study.StudyInstanceUID), analysis.id, study.revision, instances
 
 
 def analyze_study(ctx: WorkerContext, study_id: int) -> AnalysisOutcome:
@@ -132,14 +133,15 @@ def analyze_study(ctx: WorkerContext, study_id: int) -> AnalysisOutcome:
     them and put them in the outbox for each destination."""
     claimed = _start(ctx, study_id)
     if isinstance(claimed, str):
-        logger.info("study #%d: nothing to do (%s)", study_id, claimed)
+        logger.info("nothing to analyse for study row %d: %s", study_id, claimed)
         return AnalysisOutcome(None, claimed)
-    analysis_id, revision, instances = claimed
-    try:
-        return _analyze(ctx, study_id, analysis_id, revision, instances)
-    except AnalysisRefused as exc:
-        fail_analysis(ctx, analysis_id, str(exc))
-        raise
+    study, analysis_id, revision, instances = claimed
+    with bind(study=study):
+        try:
+            return _analyze(ctx, study_id, analysis_id, revision, instances)
+        except AnalysisRefused as exc:
+            fail_analysis(ctx, analysis_id, str(exc))
+            raise
 
 
 def _analyze(
@@ -179,7 +181,7 @@ def _analyze(
         assert analysis is not None
         if analysis.state is not AnalysisState.RUNNING:
             # The study re-opened while we worked: its next revision will be analysed.
-            logger.info("study #%d re-opened during analysis; results discarded", study_id)
+            logger.info("re-opened during analysis: results discarded for the next revision")
             return AnalysisOutcome(analysis_id, "superseded")
         for obj, relative in stored:
             _upsert_output(session, analysis_id, obj, relative)
@@ -218,16 +220,16 @@ def _analyze(
             )
     if destinations:
         logger.info(
-            "study #%d revision %d analysed: %d object(s) for %s",
-            study_id,
+            "study %s revision %d analysed: %d object(s) for %s",
+            short_hash(study.StudyInstanceUID),
             revision,
             len(stored),
             ", ".join(p.name for p in destinations),
         )
     else:
         logger.warning(
-            "study #%d revision %d analysed, but its %d object(s) go nowhere: %s",
-            study_id,
+            "study %s revision %d analysed, but its %d object(s) go nowhere: %s",
+            short_hash(study.StudyInstanceUID),
             revision,
             len(stored),
             lifecycle.NO_DESTINATION,
@@ -278,4 +280,4 @@ def fail_analysis(ctx: WorkerContext, analysis_id: int, reason: str) -> None:
         if analysis is None:
             return
         lifecycle.analysis_failed(session, analysis, reason)
-    logger.warning("analysis #%d failed: %s", analysis_id, reason)
+    logger.warning("analysis failed: %s", reason)

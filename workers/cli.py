@@ -13,6 +13,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     worker = subparsers.add_parser(
         "worker",
         help="run a Celery worker (analysis on the gpu queue, HL7 on io)",
+        description="Run a Celery worker for distributed installs (`gazex serve` starts its "
+        "own). The gpu queue analyses studies (the model is loaded once, on CUDA when "
+        "present); the io queue sends the HL7 notifications. Probes and metrics on "
+        "http.port.",
     )
     worker.add_argument(
         "--queues",

@@ -4,9 +4,12 @@ the pool child that analyses, and serve that process's probes and metrics."""
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from typing import Any
 
 from celery import Celery, signals
+from celery.platforms import SecurityWarning
 
 from dicom_node.dispatch import celery_config
 from dicom_node.errors import ModelUnavailable, StartError
@@ -87,7 +90,12 @@ def run_worker(settings: Settings, queues: list[str], concurrency: int | None = 
         def _ready(**_: Any) -> None:
             probes.serve()
 
+    if os.geteuid() == 0:
+        # Celery says this in a ten-line SecurityWarning from every worker process.
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+        logger.warning("workers run as root: give them a user of their own (see deploy/)")
     argv = [
+        "--quiet",  # no banner: the node's own start lines say where it listens
         "worker",
         "--queues",
         ",".join(queues),

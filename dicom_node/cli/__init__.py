@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
 
 from dicom_node.errors import GazexError, ModelUnavailable
 
@@ -32,10 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="settings TOML file (default: $GAZEX_CONFIG)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for entry_point in sorted(entry_points(group="gazex.commands"), key=lambda e: e.name):
         entry_point.load()(subparsers)
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("gazex-node")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

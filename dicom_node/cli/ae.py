@@ -19,35 +19,53 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     ae = subparsers.add_parser("ae", help="remote application entities (peers)")
     ae_sub = ae.add_subparsers(dest="ae_command", required=True)
 
-    add = ae_sub.add_parser("add", help="add a peer")
-    add.add_argument("name")
-    add.add_argument("--ae-title", required=True)
-    add.add_argument("--host", required=True)
-    add.add_argument("--port", type=int, required=True)
+    add = ae_sub.add_parser(
+        "add",
+        help="add a peer",
+        description="Add a peer: a PACS or modality that sends studies (source), receives "
+        "the results (destination), or both. A sender that is a destination gets the results "
+        "of what it sent.",
+    )
+    add.add_argument("name", help="a name of yours for the peer (e.g. PACS)")
+    add.add_argument("--ae-title", required=True, help="its AE title (1-16 characters)")
+    add.add_argument("--host", required=True, help="its host name or address")
+    add.add_argument("--port", type=int, required=True, help="its DICOM port")
     add.add_argument("--role", required=True, help="source, destination or source,destination")
     add.add_argument("--disabled", action="store_true", help="add it disabled")
     add.set_defaults(func=cmd_ae_add)
 
     ae_sub.add_parser("list", help="list peers").set_defaults(func=cmd_ae_list)
 
-    edit = ae_sub.add_parser("edit", help="change a peer")
-    edit.add_argument("name")
-    edit.add_argument("--rename", dest="new_name")
-    edit.add_argument("--ae-title")
-    edit.add_argument("--host")
-    edit.add_argument("--port", type=int)
-    edit.add_argument("--role")
+    edit = ae_sub.add_parser(
+        "edit",
+        help="change a peer",
+        description="Change what is given; the rest stays. Applies to the next association.",
+    )
+    edit.add_argument("name", help="the peer to change (see gazex ae list)")
+    edit.add_argument("--rename", dest="new_name", metavar="NAME", help="a new name")
+    edit.add_argument("--ae-title", help="a new AE title")
+    edit.add_argument("--host", help="a new host name or address")
+    edit.add_argument("--port", type=int, help="a new DICOM port")
+    edit.add_argument("--role", help="source, destination or source,destination")
     toggle = edit.add_mutually_exclusive_group()
-    toggle.add_argument("--enable", dest="enabled", action="store_const", const=True)
-    toggle.add_argument("--disable", dest="enabled", action="store_const", const=False)
+    toggle.add_argument(
+        "--enable", dest="enabled", action="store_const", const=True, help="accept and send again"
+    )
+    toggle.add_argument(
+        "--disable",
+        dest="enabled",
+        action="store_const",
+        const=False,
+        help="refuse its associations and send it nothing (its rows wait in the outbox)",
+    )
     edit.set_defaults(func=cmd_ae_edit)
 
     remove = ae_sub.add_parser("remove", help="remove a peer")
-    remove.add_argument("name")
+    remove.add_argument("name", help="the peer to remove")
     remove.set_defaults(func=cmd_ae_remove)
 
     echo = ae_sub.add_parser("echo", help="C-ECHO a peer and print status and round trip")
-    echo.add_argument("name")
+    echo.add_argument("name", help="the peer to echo")
     echo.set_defaults(func=cmd_ae_echo)
 
     send = subparsers.add_parser("send", help="C-STORE files to a destination peer")

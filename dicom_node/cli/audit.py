@@ -12,6 +12,7 @@ from dicom_node.audit import KINDS, as_dict, query
 from dicom_node.cli.table import print_table
 from dicom_node.db.models import AuditEvent
 from dicom_node.settings import load_settings
+from dicom_node.spool import short_hash
 
 
 def parse_since(value: str) -> datetime:
@@ -80,7 +81,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def _detail(row: AuditEvent) -> str:
     parts = [row.detail] if row.detail else []
     if row.StudyInstanceUID:
-        parts.append(f"study {row.StudyInstanceUID}")
+        # The short id the logs and `gazex status` use, then the UID to find it in a PACS.
+        parts.append(f"study {short_hash(row.StudyInstanceUID)} ({row.StudyInstanceUID})")
     if row.SOPInstanceUID:
         parts.append(f"instance {row.SOPInstanceUID}")
     return "; ".join(parts) or "-"

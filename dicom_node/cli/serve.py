@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 
 from dicom_node import db
 from dicom_node.errors import StartError, port_error
-from dicom_node.settings import Settings, load_settings
+from dicom_node.settings import Settings, config_path, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,16 @@ def _run(args: argparse.Namespace, settings: Settings, overrides: dict[str, Any]
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
     print(f"GazeX node {settings.node.ae_title} listening on {host}:{port}", flush=True)
     print(f"  data folder: {settings.home}", flush=True)
+    source = config_path(args.config)
+    print(
+        f"  settings: {source or 'defaults and GAZEX_* variables (no settings file)'}", flush=True
+    )
+    if node.http is not None:
+        http_host, http_port = node.http.address
+        probes = f"http://{http_host}:{http_port}/healthz /readyz /metrics"
+        if workers is not None and settings.http.port:
+            probes += f" (workers on ports {http_port + 1} and {http_port + 2})"
+        print(f"  health and metrics: {probes}", flush=True)
     print(
         f"  send a study: storescu -aet YOUR_AE -aec {settings.node.ae_title} "
         f"{shown} {port} +sd +r STUDY_FOLDER",

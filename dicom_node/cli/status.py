@@ -26,7 +26,13 @@ from dicom_node.spool import short_hash
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    status = subparsers.add_parser("status", help="studies by state, failures, outbox backlog")
+    status = subparsers.add_parser(
+        "status",
+        help="studies by state, failures, outbox backlog",
+        description="What the node has done: studies by state (with a warning for results "
+        "that went to no destination), the outbox backlog per destination, and the recent "
+        "failures with their reasons. Reads the database; the node need not run.",
+    )
     status.add_argument("--failures", type=int, default=10, help="recent failures to show")
     status.set_defaults(func=cmd_status)
 

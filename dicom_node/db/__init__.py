@@ -13,6 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -69,10 +70,22 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (``gazex db upgrade``)."""
-    make_engine(url).dispose()  # creates the SQLite folder when needed
-    command.upgrade(alembic_config(url), revision)
-    logger.info("database schema at %s", revision)
+    """Bring the schema to ``revision`` (``gazex db upgrade``); one log line when that
+    changed anything, none when it was there already."""
+    engine = make_engine(url)  # creates the SQLite folder when needed
+    try:
+        before = _revision(engine)
+        command.upgrade(alembic_config(url), revision)
+        after = _revision(engine)
+    finally:
+        engine.dispose()
+    if before != after:
+        logger.info("database schema migrated from %s to %s", before or "empty", after)
+
+
+def _revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
 
 
 def migrate_embedded(url: str) -> None:

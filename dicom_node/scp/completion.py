@@ -273,8 +273,11 @@ class CompletionTracker:
                 return sent
             with self._sessions.begin() as session:
                 study = session.get(Study, study_id)
-                if study is not None:
-                    lifecycle.queued(study)
+                if study is not None and lifecycle.queued(study):
+                    logger.info(
+                        "study %s handed to the analysis queue",
+                        short_hash(study.StudyInstanceUID),
+                    )
             sent += 1
         self._dispatch_retry_at = None
         return sent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
 import sys
@@ -131,10 +132,11 @@ def test_send_command_stores_files_at_destination(
 
 
 def test_outbox_retries_down_destination_without_blocking_others(
-    env: Path, database_url: str, destination: StoreSCP
+    env: Path, database_url: str, destination: StoreSCP, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A destination that is down gets attempts and backoff recorded while another one
-    receives at once; when it comes up, the next due try delivers."""
+    """A destination that is down gets attempts and backoff recorded (and a log line saying
+    when the next try is) while another one receives at once; when it comes up, the next
+    due try delivers."""
     settings = load_settings(None, home=env / "home", database__url=database_url)
     sessions = db.make_sessionmaker(db.make_engine(database_url))
     peers = PeerDirectory(sessions)
@@ -149,7 +151,10 @@ def test_outbox_retries_down_destination_without_blocking_others(
                 ds = dcmread(path, stop_before_pixels=True)
                 outbox.enqueue(session, peer.id, ds.SOPInstanceUID, ds.SOPClassUID, path)
 
-    assert outbox.deliver_due() == 2
+    with caplog.at_level(logging.WARNING, logger="dicom_node.outbox"):
+        assert outbox.deliver_due() == 2
+    retries = [r.getMessage() for r in caplog.records if r.name == "dicom_node.outbox"]
+    assert len(retries) == 2 and all("to DOWN failed" in m and "retry in" in m for m in retries)
     with sessions() as session:
         rows = {(r.peer_id, r.SOPInstanceUID): r for r in session.scalars(select(OutboxItem))}
     assert all(r.state is OutboxState.SENT for (p, _), r in rows.items() if p == up.id)

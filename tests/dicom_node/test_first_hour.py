@@ -106,3 +106,55 @@ def test_a_database_that_cannot_be_reached_is_named_without_its_password(
         line = _one_line(_gazex(env, *command), command[0])
         assert "database.url postgresql+psycopg://gazex:***@127.0.0.1" in line
         assert "s3cret" not in line and "Connection refused" in line
+
+
+def test_the_start_banner_names_the_settings_file_and_the_probes(tmp_path: Path) -> None:
+    """The node's start lines say which settings file it read (found on its own in
+    $XDG_CONFIG_HOME/gazex/gazex.toml, so no shell needs GAZEX_HOME) and where its health
+    and metrics endpoints are."""
+    config = Path(os.environ["XDG_CONFIG_HOME"]) / "gazex" / "gazex.toml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    http_port = free_port()
+    config.write_text(
+        f'home = "{tmp_path / "home"}"\n[http]\nbind = "127.0.0.1"\nport = {http_port}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GAZEX_")}
+    node = subprocess.Popen(
+        [*GAZEX, "node", "--port", str(free_port()), "--bind", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert node.stdout is not None
+        banner = [node.stdout.readline() for _ in range(4)]
+    finally:
+        node.terminate()
+        _, errors = node.communicate(timeout=30)
+    assert banner[1].strip() == f"data folder: {tmp_path / 'home'}"
+    assert banner[2].strip() == f"settings: {config}"
+    assert banner[3].strip() == (
+        f"health and metrics: http://127.0.0.1:{http_port}/healthz /readyz /metrics"
+    )
+    assert "alembic" not in errors  # migrating a new home is one line of ours
+
+
+def test_version_and_help_for_every_admin_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """`gazex --version` prints the version; every option of `ae add` and `ae edit` has a
+    help text, and `status` and `worker` have a description."""
+    from importlib.metadata import version
+
+    from dicom_node.cli import build_parser, main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"gazex {version('gazex-node')}"
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    ae = next(a for a in commands["ae"]._actions if a.dest == "ae_command").choices
+    for sub in ("add", "edit"):
+        missing = [a.dest for a in ae[sub]._actions if a.dest != "help" and not a.help]
+        assert missing == [], sub
+    assert commands["status"].description and commands["worker"].description

@@ -17,6 +17,7 @@ from pydicom import dcmread
 from stackkit import Stack, check_results, chest_study
 
 from dicom_node.db.models import StudyState
+from dicom_node.spool import short_hash
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -60,6 +61,10 @@ def test_study_round_trip(make_stack: MakeStack, tmp_path: Path, broker: str) ->
         check=True,
     ).stdout
     assert "done        1" in status and "Recent failures:\n  none" in status
+    log = "".join(path.read_text() for path in stack.logs.values())
+    quiet = ("SecurityWarning", "-------------- gazex-", "succeeded in", "alembic", "study #")
+    assert [noise for noise in quiet if noise in log] == []
+    assert f"study {short_hash(str(pa.StudyInstanceUID))} done: results delivered" in log
     if http_port is not None:
         node_metrics = scrape(http_port)
         assert "gazex_instances_received_total 2.0" in node_metrics
