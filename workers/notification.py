@@ -9,7 +9,13 @@ from pydicom import dcmread
 from sqlalchemy import select
 
 from dicom_node.db.models import Analysis, Instance, Notification, NotificationState, Study, utcnow
-from dicom_node.errors import AckError, AckRejected, AnalysisRefused, MLLPTransportError
+from dicom_node.errors import (
+    AckError,
+    AckRejected,
+    AnalysisRefused,
+    HL7BuildError,
+    MLLPTransportError,
+)
 from dicom_node.lifecycle import mark_done_if_finished
 from dicom_node.spool import Spool
 from model.result import InferenceResult
@@ -46,15 +52,19 @@ def notify(ctx: WorkerContext, analysis_id: int) -> str:
     if source_instance is None:
         raise AnalysisRefused("the analysed instance is no longer in the study")
     source = dcmread(ctx.spool.absolute(source_instance.path), stop_before_pixels=True)
-    message = build_oru_r01(
-        result,
-        source,
-        sending_application=settings.sending_application,
-        sending_facility=settings.sending_facility,
-        receiving_application=settings.receiving_application,
-        receiving_facility=settings.receiving_facility,
-        revision=revision,
-    )
+    try:
+        message = build_oru_r01(
+            result,
+            source,
+            sending_application=settings.sending_application,
+            sending_facility=settings.sending_facility,
+            receiving_application=settings.receiving_application,
+            receiving_facility=settings.receiving_facility,
+            revision=revision,
+        )
+    except HL7BuildError as exc:
+        give_up(ctx, analysis_id, f"the ORU^R01 cannot be built: {exc}")
+        raise
     state, code, error = NotificationState.ACCEPTED, "AA", None
     try:
         ack = mllp.send(
@@ -90,3 +100,15 @@ def notify(ctx: WorkerContext, analysis_id: int) -> str:
     if state is NotificationState.ERROR:
         raise MLLPTransportError(f"HL7 receiver answered AE: {error}")
     return code
+
+
+def give_up(ctx: WorkerContext, analysis_id: int, reason: str) -> None:
+    """Record a notification that will not be sent (retries spent, or a message that cannot
+    be built), so `gazex status` lists it instead of it waiting "pending" for ever."""
+    with ctx.sessions.begin() as session:
+        row = session.scalar(select(Notification).where(Notification.analysis_id == analysis_id))
+        if row is None or row.state in (NotificationState.ACCEPTED, NotificationState.REJECTED):
+            return
+        row.state = NotificationState.FAILED
+        row.last_error = reason[:2000]
+    logger.error("HL7 notification %s given up: %s", row.control_id, reason)

@@ -22,7 +22,13 @@ from celery.exceptions import Reject
 from sqlalchemy.exc import OperationalError
 
 from dicom_node.dispatch import ANALYZE_STUDY, NOTIFY
-from dicom_node.errors import AnalysisRefused, DeliveryError, MLLPTransportError, OutOfResources
+from dicom_node.errors import (
+    AnalysisRefused,
+    DeliveryError,
+    HL7BuildError,
+    MLLPTransportError,
+    OutOfResources,
+)
 from dicom_node.logs import bind
 from workers import analysis, notification
 from workers.context import WorkerContext
@@ -31,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 #: Errors worth retrying: the database, a peer or the disk may be back soon.
 TRANSIENT = (OperationalError, DeliveryError, OutOfResources, MLLPTransportError, ConnectionError)
+#: Input no retry will change: rejected, never redelivered.
+POISON = (AnalysisRefused, HL7BuildError)
+#: What records a task's final failure, by task name.
+GIVE_UP = {NOTIFY: notification.give_up}
 
 
 class GazexTask(Task):  # type: ignore[misc]
@@ -52,10 +62,19 @@ class GazexTask(Task):  # type: ignore[misc]
         try:
             with bind(task=self.request.id):
                 return super().__call__(*args, **kwargs)
-        except AnalysisRefused as exc:
+        except POISON as exc:
             # Poison input: recorded as failed by the stage; never redelivered.
             logger.warning("task %s rejected: %s", self.name, exc)
             raise Reject(str(exc), requeue=False) from exc
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """Retries spent (or an error no retry helps): the stage records why, if it keeps
+        a record a person reads (the analysis of a study is re-queued by the node instead)."""
+        record = GIVE_UP.get(self.name)
+        if record is not None and args:
+            record(WorkerContext.current(), int(args[0]), f"{type(exc).__name__}: {exc}")
 
 
 app = Celery("gazex", set_as_current=False, task_cls=GazexTask)

@@ -159,3 +159,29 @@ def test_a_worker_without_the_model_stack_is_not_ready_and_fails_the_study(
         urllib.request.urlopen(f"http://127.0.0.1:{http_port + 1}/readyz", timeout=10)
     assert answer.value.code == 503
     assert "no module named 'safetensors'" in answer.value.read().decode()
+
+
+def test_an_hl7_notification_that_cannot_be_sent_is_listed_as_failed(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """When the RIS stays unreachable until the retries are spent, the notification is
+    recorded as failed with the reason and `gazex status` lists it (before, it stayed
+    "pending" for ever and the study "analysed", with no failure shown)."""
+    stack = make_stack("embedded")
+    stack.listener.stop()
+    stack.env["GAZEX_WORKER__MAX_RETRIES"] = "0"
+    stack.start("serve", "serve")
+    stack.wait_listening()
+    sent = chest_study(tmp_path / "study")
+    assert storescu(stack.port, sent).returncode == 0
+    stack.wait_state(dcmread(sent[0]).StudyInstanceUID, {StudyState.ANALYSED})
+    gazex = [sys.executable, "-m", "dicom_node.cli", "--config", str(stack.config), "status"]
+    deadline = time.monotonic() + 90
+    status = ""
+    while time.monotonic() < deadline and "HL7 " not in status:
+        time.sleep(1.0)
+        status = subprocess.run(
+            gazex, env=stack.env, capture_output=True, text=True, timeout=60, check=True
+        ).stdout
+    failures = status.split("Recent failures:")[1]
+    assert "HL7 " in failures and "MLLPTransportError" in failures, status
