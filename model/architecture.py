@@ -126,6 +126,11 @@ class GazeXSettings:
     #: Widths of the convolutional branch of the vision encoder (:class:`ConvBranch`), whose
     #: features are added to the visual tokens; empty for the plain ViT.
     conv_branch: tuple[int, ...] = ()
+    #: The films the checkpoint was trained on, as ``gazex train`` records them (film and
+    #: reading counts, synthetic seed ranges, a hash set of other film ids:
+    #: ``model.train.provenance``); ``gazex eval`` warns when test films overlap them.
+    #: Empty for checkpoints older than the record.
+    training_data: dict[str, Any] = field(default_factory=dict)
     #: Mean gap (ms) between key fixations and mean dwell, for timing fall-backs.
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -24,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pr = subparsers.add_parser(
         "predict",
         help="run the model on DICOM files and print findings, report and trajectory",
+        description="Run the model on CR/DX films (DICOM) and print, per film, the findings "
+        "with their probabilities and boxes, the ABCDEF draft report, the inspection "
+        "trajectory and the steps not inspected; optionally the result JSON and an overlay "
+        "PNG. The files are checked before the model loads. Research use only: the shipped "
+        "model is trained on synthetic data.",
     )
     pr.add_argument("files", nargs="+", type=Path, metavar="FILE.dcm")
     pr.add_argument("--ckpt", type=Path, metavar="DIR", help="default: the shipped checkpoint")

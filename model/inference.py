@@ -9,7 +9,7 @@ not advanced), so every image sees exactly the sequence layout it was trained on
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -126,17 +126,22 @@ class InferenceEngine:
         images: Sequence[npt.NDArray[np.float32]],
         questions: Sequence[str] | Sequence[Sequence[str]] = (),
         generate_text: bool = True,
+        on_batch: Callable[[int], object] | None = None,
     ) -> list[RawOutput]:
-        """Outputs per image; ``questions`` is shared (list of str) or per image (list of lists)."""
+        """Outputs per image; ``questions`` is shared (list of str) or per image (list of lists).
+
+        ``on_batch`` is called with the number of images after each batch (progress bars).
+        """
         spec = self.model.settings.patch_spec
         prepared = [prepare_image(np.asarray(im, dtype=np.float32), spec) for im in images]
-        return self.run_prepared(prepared, questions, generate_text)
+        return self.run_prepared(prepared, questions, generate_text, on_batch)
 
     def run_prepared(
         self,
         prepared: Sequence[ImageInput],
         questions: Sequence[str] | Sequence[Sequence[str]] = (),
         generate_text: bool = True,
+        on_batch: Callable[[int], object] | None = None,
     ) -> list[RawOutput]:
         per_image: list[list[str]]
         if questions and not isinstance(questions[0], str):
@@ -157,6 +162,8 @@ class InferenceEngine:
                 )
                 for i, out in zip(chunk, outs, strict=True):
                     results[i] = out
+                if on_batch is not None:
+                    on_batch(len(chunk))
         return [r for r in results if r is not None]
 
     @torch.inference_mode()

@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from model.train.progress import add_progress_argument
 
 if TYPE_CHECKING:
     from model.architecture import GazeXSettings
@@ -60,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--exclude-reader", action="append", default=[], metavar="ID", help="hold a reader out"
     )
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(train)
     train.set_defaults(func=run_train)
 
     ev = subparsers.add_parser(
@@ -68,7 +71,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="evaluate a checkpoint (and the gaze ablations) on held-out data",
         description="Prints a metrics table and writes metrics.json, roc.png and "
         "trajectory overlays to --out. With --ablation, trains ordered, shuffled, random "
-        "and no-gaze models with the same budget on --train-data and compares them.",
+        "and no-gaze models with the same budget on --train-data and compares them. "
+        "Warns (stderr, and training_overlap in the JSON) when test films are among the "
+        "checkpoint's training films.",
     )
     ev.add_argument("--ckpt", type=Path, metavar="DIR", help="default: the shipped checkpoint")
     ev.add_argument("--data", required=True, type=Path, action="append", metavar="DIR")
@@ -92,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="ordered,shuffled,random,none",
         help="comma-separated gaze modes to train and compare (default all four)",
     )
+    add_progress_argument(ev)
     ev.set_defaults(func=run_eval)
 
 
@@ -178,7 +184,7 @@ def run_train(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         batch_size=args.batch_size,
         lr=args.lr,
-        progress=not args.no_progress,
+        progress=args.progress,
     )
     logger.info(
         "training on %d samples (%d held out for thresholds)", len(train_samples), len(val_samples)
@@ -214,6 +220,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from model.predictor import default_checkpoint
     from model.train.datasets import load_split
     from model.train.evaluate import evaluate, format_per_finding, format_table
+    from model.train.progress import Progress
+    from model.train.provenance import training_overlap, training_record
 
     device = select_device(args.device)
     configure_threads(device, args.threads)
@@ -222,7 +230,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.ablation:
         ckpt = args.ckpt or default_checkpoint()
         model = GazeXModel.load(ckpt, device=device)
-        metrics = evaluate(model, test, args.out, device)
+        warn_overlap(training_overlap(model.settings.training_data, test).warning)
+        with Progress(len(test), "film", args.progress, prefix="eval ") as progress:
+            metrics = evaluate(model, test, args.out, device, progress)
         print(format_table({ckpt.name: metrics}))
         print()
         print(format_per_finding(metrics))
@@ -230,7 +240,7 @@ def run_eval(args: argparse.Namespace) -> int:
         return 0
     if args.train_data is None:
         raise ValueError("--ablation needs --train-data DIR (the data the four models train on)")
-    from model.train.loop import train
+    from model.train.loop import train, work_units
 
     samples = load_split(
         args.train_data,
@@ -244,26 +254,37 @@ def run_eval(args: argparse.Namespace) -> int:
     unknown = sorted(set(modes) - set(GAZE_MODE_CHOICES))
     if unknown or not modes:
         raise ValueError(f"--ablation-modes: unknown gaze modes {unknown or modes}")
-    for mode in modes:
-        settings, config = recipe(
+    warn_overlap(training_overlap(training_record(samples), test).warning)
+    recipes = {
+        mode: recipe(
             args,
             gaze_mode=mode,
             gaze_epochs=args.ablation_gaze_epochs,
             multitask_epochs=args.ablation_epochs,
-            progress=False,
         )
-        out = args.out / f"ablation-{mode}"
-        logger.info("ablation %s: training", mode)
-        model = train(
-            train_samples,
-            out / "checkpoint",
-            settings,
-            config,
-            val_samples=val_samples,
-            device=device,
-        )
-        columns[mode] = evaluate(model, test, out, device)
-        print(f"[{mode}] macro AUROC {columns[mode]['macro_auroc']:.3f}", flush=True)
+        for mode in modes
+    }
+    total = sum(
+        work_units(len(train_samples), len(val_samples), config) + len(test)
+        for _, config in recipes.values()
+    )
+    with Progress(total, "step", args.progress) as progress:
+        for number, (mode, (settings, config)) in enumerate(recipes.items(), start=1):
+            progress.prefix = f"ablation {number}/{len(modes)} {mode}: "
+            out = args.out / f"ablation-{mode}"
+            logger.info("ablation %s: training", mode)
+            model = train(
+                train_samples,
+                out / "checkpoint",
+                settings,
+                config,
+                val_samples=val_samples,
+                device=device,
+                progress=progress,
+            )
+            progress.stage("eval")
+            columns[mode] = evaluate(model, test, out, device, progress)
+            progress.bar.write(f"[{mode}] macro AUROC {columns[mode]['macro_auroc']:.3f}")
     table = format_table(columns)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -276,3 +297,9 @@ def run_eval(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def warn_overlap(warning: str | None) -> None:
+    """The one stderr line of :func:`model.train.provenance.training_overlap`, if any."""
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)

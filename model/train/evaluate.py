@@ -43,6 +43,8 @@ from model.train.metrics import (
     rouge_l,
     vqa_accuracy,
 )
+from model.train.progress import Progress
+from model.train.provenance import training_overlap
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +89,18 @@ def eval_questions(sample: GazeSample, index: int, count: int = 3) -> list[tuple
 
 
 def run_model(
-    model: GazeXModel, samples: Sequence[GazeSample], device: torch.device
+    model: GazeXModel,
+    samples: Sequence[GazeSample],
+    device: torch.device,
+    progress: Progress | None = None,
 ) -> list[RawOutput]:
     engine = InferenceEngine(model, device)
     questions = [[q for q, _ in eval_questions(s, i)] for i, s in enumerate(samples)]
-    return engine.run([s.image for s in samples], questions=questions)
+    return engine.run(
+        [s.image for s in samples],
+        questions=questions,
+        on_batch=None if progress is None else progress.update,
+    )
 
 
 def looked_at_steps(sample: GazeSample, output: RawOutput) -> list[Step | None]:
@@ -302,9 +311,7 @@ def write_outputs(
         )
         result = build_result(o, source, model, info)
         reference = [(f.x, f.y) for f in s.on_image_fixations()]
-        overlay(s.image, result, reference, min_side=512).save(
-            out_dir / f"trajectory_{s.sample_id}.png"
-        )
+        overlay(s.image, result, reference).save(out_dir / f"trajectory_{s.sample_id}.png")
 
 
 def _jsonable(value: Any) -> Any:
@@ -324,9 +331,16 @@ def evaluate(
     samples: Sequence[GazeSample],
     out_dir: Path | None,
     device: torch.device,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    outputs = run_model(model, samples, device)
+    """Metrics of ``model`` on ``samples`` (written to ``out_dir`` when given), with
+    ``training_overlap``: how many of the films the checkpoint trained on, and the warning.
+
+    ``progress`` advances by one per film.
+    """
+    outputs = run_model(model, samples, device, progress)
     metrics = compute_metrics(model, samples, outputs)
+    metrics["training_overlap"] = training_overlap(model.settings.training_data, samples).to_json()
     if out_dir is not None:
         write_outputs(model, samples, outputs, metrics, out_dir)
     return metrics

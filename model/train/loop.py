@@ -41,6 +41,8 @@ from model.train.batching import (
 )
 from model.train.gazedata.sample import GazeSample
 from model.train.losses import compute_losses
+from model.train.progress import Progress
+from model.train.provenance import training_record
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,9 @@ class TrainConfig:
     balance_gaze_labels: bool = False
     threads: int | None = None
     log_every: int = 10
-    progress: bool = True
+    #: A progress bar over the whole run (all stages and epochs) on stderr; None: only when
+    #: stderr is a terminal (:mod:`model.train.progress`).
+    progress: bool | None = None
 
 
 def autocast(device: torch.device) -> AbstractContextManager[Any]:
@@ -198,10 +202,19 @@ def train(
     backbone: Path | None = None,
     device: str | torch.device | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    progress: Progress | None = None,
 ) -> GazeXModel:
-    """Train and write the checkpoint to ``out_dir`` (resuming from it when possible)."""
+    """Train and write the checkpoint to ``out_dir`` (resuming from it when possible).
+
+    The checkpoint's settings record the films it was trained on (``training_data``,
+    :func:`model.train.provenance.training_record`, threshold films included), so that
+    ``gazex eval`` can tell when test films overlap them. ``progress`` is a bar shared with
+    the caller (``gazex eval --ablation``), advanced by :func:`work_units` of this run;
+    without one, ``config.progress`` decides whether the run draws its own.
+    """
     if not train_samples:
         raise ValueError("no training samples")
+    record = training_record([*train_samples, *val_samples])
     dev = select_device(device)
     configure_threads(dev, config.threads)
     seed_everything(config.seed)
@@ -222,12 +235,21 @@ def train(
         logger.info("resuming from epoch %d", start_epoch)
     else:
         model = build_model(train_samples, settings, config, backbone)
+    model.settings = replace(model.settings, training_data=record)
     settings = model.settings
     model.to(dev)
     prepared = prepare_samples(train_samples, settings)
     total_epochs = config.gaze_epochs + config.multitask_epochs
     steps_per_epoch = math.ceil(len(prepared) / config.batch_size)
     total_steps = total_epochs * steps_per_epoch
+    own_bar = progress is None
+    bar = progress or Progress(
+        work_units(len(train_samples), len(val_samples), config),
+        "step",
+        config.progress,
+        prefix="train ",
+    )
+    bar.skip(start_epoch * steps_per_epoch)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -246,8 +268,6 @@ def train(
         region_w, step_w = gaze_label_weights(prepared, settings)
         label_weights = (region_w.to(dev), step_w.to(dev))
     history: list[dict[str, float]] = list(state["history"]) if state is not None else []
-    from tqdm import tqdm
-
     for epoch in range(start_epoch, total_epochs):
         stage = "gaze" if epoch < config.gaze_epochs else "multitask"
         model.train()
@@ -255,14 +275,9 @@ def train(
             prepared, model.codec, settings, config.batch_size, rng, config.max_vqa
         )
         sums: dict[str, float] = {}
-        bar = tqdm(
-            batches,
-            desc=f"epoch {epoch + 1}/{total_epochs} [{stage}]",
-            disable=not config.progress,
-            unit="batch",
-        )
+        bar.stage(f"epoch {epoch + 1}/{total_epochs} [{stage}]")
         t0 = time.monotonic()
-        for step, examples in enumerate(bar):
+        for step, examples in enumerate(batches):
             batch = to_device(
                 collate(examples, model.codec, settings.effective_gaze_tokens, spec), dev
             )
@@ -285,7 +300,8 @@ def train(
             for name, value in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(value.detach())
             sums["total"] = sums.get("total", 0.0) + float(loss.detach())
-            bar.set_postfix(loss=f"{sums['total'] / (step + 1):.3f}")
+            bar.postfix(f"loss={sums['total'] / (step + 1):.3f}")
+            bar.update()
         means = {name: value / max(len(batches), 1) for name, value in sums.items()}
         means["seconds"] = time.monotonic() - t0
         means["epoch"] = float(epoch + 1)
@@ -298,8 +314,10 @@ def train(
             " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("epoch",)),
         )
         if epoch + 1 == total_epochs and val_samples:
+            bar.stage("calibrating thresholds")
             model.settings = replace(
-                model.settings, thresholds=calibrate_thresholds(model, val_samples, dev)
+                model.settings,
+                thresholds=calibrate_thresholds(model, val_samples, dev, on_batch=bar.update),
             )
         model.save(out_dir)
         torch.save(
@@ -316,8 +334,17 @@ def train(
         )
         if on_epoch is not None:
             on_epoch(epoch, means)
+    if own_bar:
+        bar.close()
     model.eval()
     return model
+
+
+def work_units(train_count: int, val_count: int, config: TrainConfig) -> int:
+    """What :func:`train` advances a progress bar by: one per training batch of every
+    epoch, one per threshold film."""
+    steps_per_epoch = math.ceil(train_count / config.batch_size)
+    return (config.gaze_epochs + config.multitask_epochs) * steps_per_epoch + val_count
 
 
 def _config_key(config: TrainConfig, settings: GazeXSettings) -> dict[str, Any]:
@@ -356,13 +383,16 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def calibrate_thresholds(
-    model: GazeXModel, samples: Sequence[GazeSample], device: torch.device
+    model: GazeXModel,
+    samples: Sequence[GazeSample],
+    device: torch.device,
+    on_batch: Callable[[int], object] | None = None,
 ) -> tuple[float, ...]:
     """Per-finding thresholds maximising F1 on held-out samples (:func:`f1_threshold`)."""
     from model.inference import InferenceEngine
 
     engine = InferenceEngine(model, device)
-    outputs = engine.run([s.image for s in samples], generate_text=False)
+    outputs = engine.run([s.image for s in samples], generate_text=False, on_batch=on_batch)
     probs = np.stack([o.probabilities for o in outputs])
     thresholds = []
     for i, key in enumerate(model.settings.finding_keys):

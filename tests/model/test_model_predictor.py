@@ -95,7 +95,7 @@ def test_gazex_predict_writes_json_and_png(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """`gazex predict` prints findings, report and trajectory and writes the result JSON and
-    an overlay PNG."""
+    an overlay PNG (enlarged to a readable size at the source aspect)."""
     from PIL import Image
 
     from dicom_node.cli import main
@@ -122,8 +122,8 @@ def test_gazex_predict_writes_json_and_png(
     assert "findings:" in printed and "trajectory:" in printed and "Q: Is there a mass?" in printed
     result = InferenceResult.from_json((tmp_path / "r.json").read_text())
     assert (result.source.Rows, result.source.Columns) == (150, 130)
-    with Image.open(tmp_path / "r.png") as png:
-        assert png.size == (130, 150)
+    with Image.open(tmp_path / "r.png") as png:  # the source aspect, 1024 px long side
+        assert png.size == (round(130 * 1024 / 150), 1024)
     assert np.isfinite([f.probability for f in result.findings]).all()
 
 

@@ -15,19 +15,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from model import overlay
 from model.abcdef import Step
 from model.train.gazedata.sample import GazeSample
 
 logger = logging.getLogger(__name__)
 
-#: One colour per ABCDEF step (fixations with no step are white).
+#: One colour per ABCDEF step, those of ``gazex predict --png`` (fixations with no step are
+#: white).
 STEP_COLOURS: dict[Step | None, tuple[int, int, int]] = {
-    Step.AIRWAYS: (80, 200, 255),
-    Step.BREATHING: (90, 230, 120),
-    Step.CIRCULATION: (255, 90, 90),
-    Step.DIAPHRAGM: (255, 200, 60),
-    Step.EXTERNAL: (200, 120, 255),
-    Step.FOREIGN_MATERIAL: (255, 140, 0),
+    **{step: colour for step, colour in overlay.STEP_COLOURS.items()},
     None: (255, 255, 255),
 }
 

@@ -153,7 +153,8 @@ def write_dicom(
     ds.RescaleSlope = "1"
     ds.WindowCenter = f"{center:.1f}"
     ds.WindowWidth = f"{width:.1f}"
-    ds.VOILUTFunction = "LINEAR"
+    # No VOILUTFunction: LINEAR is the default, and OHIF 3.13.2 stops with "Invalid VOI LUT
+    # function" on a film that states it.
     ds.BurnedInAnnotation = "NO"
     ds.PixelData = stored.tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,14 @@ def test_dicom_round_trip(tmp_path: Path, modality: str, photometric: str) -> No
     assert float(np.abs(back - s.image).max()) < 1.5 / float(ds.WindowWidth)
 
 
+def test_films_state_no_voi_lut_function(tmp_path: Path) -> None:
+    """The films carry no VOILUTFunction (LINEAR is the default): OHIF 3.13.2 stops with
+    "Invalid VOI LUT function" on a film that states LINEAR."""
+    s = generate_sample(3, height=64, width=64)
+    write_dicom(tmp_path / "x.dcm", s.image, sample_id=s.sample_id)
+    assert "VOILUTFunction" not in pydicom.dcmread(tmp_path / "x.dcm")
+
+
 def test_monochrome1_stores_inverted_values(tmp_path: Path) -> None:
     """MONOCHROME1 stores dense (white) anatomy as low values, MONOCHROME2 as high values."""
     s = generate_sample(2, size=96)
