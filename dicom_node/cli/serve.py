@@ -68,9 +68,9 @@ def writable_home(home: Path) -> None:
 
 class SingleNode:
     """One node per home and per database: a lock file holding the pid in ``home`` (and,
-    on PostgreSQL, a session advisory lock), held while the node runs. Both go with the
-    process, however it ends. Two nodes on one home completed and dispatched every study
-    twice."""
+    on PostgreSQL, a session advisory lock on the schema), held while the node runs. Both
+    go with the process, however it ends. Two nodes on one home completed and dispatched
+    every study twice."""
 
     LOCK_FILE = "node.lock"
     #: pg_try_advisory_lock key: "GAZX" in ASCII
@@ -107,8 +107,10 @@ class SingleNode:
         engine = db.make_engine(self._url)
         with db.reachable(self._url):
             self._connection = engine.connect()
+            # One lock per schema: installs that share a database keep apart by schema.
             locked = self._connection.scalar(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": self.ADVISORY_KEY}
+                text("SELECT pg_try_advisory_lock(:key, hashtext(current_schema()))"),
+                {"key": self.ADVISORY_KEY},
             )
             self._connection.commit()
         if not locked:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from nodekit import free_port, wait_port
+from stackkit import _isolated_database
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,21 @@ def test_a_second_node_on_the_same_home_refuses_to_start(tmp_path: Path) -> None
         env["GAZEX_HTTP__PORT"] = str(free_port())
         line = _one_line(_gazex(env, "node", "--port", str(free_port())), "node")
     assert f"another node runs on home {tmp_path / 'home'} (pid {first.pid})" in line
+
+
+@pytest.mark.postgres
+def test_a_second_node_on_the_same_postgresql_database_refuses_to_start(tmp_path: Path) -> None:
+    """Two nodes with homes of their own but one PostgreSQL database (schema): the second
+    stops at once naming the database (its password would be hidden)."""
+    url, drop = _isolated_database("postgres", tmp_path)
+    try:
+        first = _env(tmp_path / "a", GAZEX_DATABASE__URL=url, GAZEX_HTTP__ENABLED="false")
+        second = {**first, "GAZEX_HOME": str(tmp_path / "b")}
+        with _running_node(first, free_port()):
+            line = _one_line(_gazex(second, "node", "--port", str(free_port())), "node")
+        assert "another node uses the database postgresql+psycopg://postgres@127.0.0.1" in line
+    finally:
+        drop()
 
 
 def test_ports_in_use_are_named(tmp_path: Path) -> None:
