@@ -1,0 +1,313 @@
+// Drive OHIF v3 in the system Chromium (playwright-core downloads no browser) and report
+// what each visit drew. Usage: node drive.mjs JOB.json
+//
+// JOB.json: {baseUrl, outDir, chromium, visits: [{name, StudyInstanceUID, SeriesInstanceUID}]}
+// Writes outDir/report.json (a list, one object per visit, the fields of ohifkit.ViewerReport)
+// and outDir/<n>-<name>.png. Each visit gets a fresh browser context; the page may reach
+// nothing but 127.0.0.1 (anything else is refused and listed in blocked_requests).
+
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const job = JSON.parse(readFileSync(process.argv[2], 'utf8'));
+const VIEWPORT = { width: 1600, height: 1000 };
+const VISIT_MS = 60_000; // the most one visit may take, all steps together
+const FIRST_IMAGE_MS = 40_000; // page opened until an image is drawn (or it crashed)
+const OPEN_SERIES_MS = 15_000; // double-click on a thumbnail until its series is active
+const SETTLE_MS = 15_000; // until the network is quiet and the drawing stops changing
+const QUIET_POLLS = 4; // ... for this many polls in a row
+const POLL_MS = 250;
+
+// Runs in the page: what is on screen now. OHIF exposes window.services and cornerstone.
+function probe() {
+  // OHIF's DisplaySetMessage.CODES, by number (the thumbnail's warning triangle)
+  const codes = [
+    '', 'NO_VALID_INSTANCES', 'NO_POSITION_INFORMATION', 'NOT_RECONSTRUCTABLE',
+    'MULTIFRAME_NO_PIXEL_MEASUREMENTS', 'MULTIFRAME_NO_ORIENTATION',
+    'MULTIFRAME_NO_POSITION_INFORMATION', 'MISSING_FRAMES', 'IRREGULAR_SPACING',
+    'INCONSISTENT_DIMENSIONS', 'INCONSISTENT_COMPONENTS', 'INCONSISTENT_ORIENTATIONS',
+    'INCONSISTENT_POSITION_INFORMATION', 'UNSUPPORTED_DISPLAYSET', 'UNSUPPORTED_SOP_CLASS_UID',
+    'MISSING_SOP_CLASS_UID',
+  ];
+  const text = el => (el.textContent || '').replace(/\s+/g, ' ').trim();
+  const services = window.services;
+  const grid = services?.viewportGridService?.getState();
+  const activeViewportId = grid?.activeViewportId;
+  const displaySets = (services?.displaySetService?.getActiveDisplaySets() || []).map(ds => ({
+    displaySetInstanceUID: ds.displaySetInstanceUID,
+    SeriesInstanceUID: ds.SeriesInstanceUID,
+    Modality: ds.Modality,
+    unsupported: !!ds.unsupported,
+    messages: (ds.messages?.messages || []).map(m => codes[m.id] || `${m.id}`),
+  }));
+  const active = grid?.viewports?.get?.(activeViewportId);
+  const activeDisplaySetUIDs = active?.displaySetInstanceUIDs || [];
+  const activeSeries = displaySets
+    .filter(ds => activeDisplaySetUIDs.includes(ds.displaySetInstanceUID))
+    .map(ds => ds.SeriesInstanceUID);
+
+  // Each viewport pane; the active one is where the opened series is.
+  const panes = [...document.querySelectorAll('[data-viewportid]')];
+  const pane =
+    panes.find(p => p.getAttribute('data-viewportid') === activeViewportId) || panes[0] || null;
+  let viewportBox = null;
+  if (pane) {
+    const r = pane.getBoundingClientRect();
+    viewportBox = [Math.round(r.x), Math.round(r.y), Math.round(r.width), Math.round(r.height)];
+  }
+
+  // An image is drawn when a viewport canvas holds a non-black pixel (cornerstone copies
+  // each rendered frame into a 2D canvas per viewport).
+  let rendered = false;
+  for (const canvas of document.querySelectorAll('canvas.cornerstone-canvas')) {
+    if (!canvas.width || !canvas.height) continue;
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    if (!ctx) continue;
+    const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 0; i < data.length; i += 4 * 97) {
+      if (data[i] > 8 || data[i + 1] > 8 || data[i + 2] > 8) {
+        rendered = true;
+        break;
+      }
+    }
+    if (rendered) break;
+  }
+
+  // What the tools drew: one <g data-annotation-uid> per labelled annotation, plus shapes.
+  const svgs = [...document.querySelectorAll('svg.svg-layer')];
+  const uids = new Set();
+  const labels = [];
+  let shapes = 0;
+  for (const svg of svgs) {
+    for (const g of svg.querySelectorAll('g[data-annotation-uid]')) {
+      uids.add(g.getAttribute('data-annotation-uid'));
+    }
+    for (const t of svg.querySelectorAll('text')) {
+      const lines = [...t.querySelectorAll('tspan')].map(text).filter(Boolean);
+      labels.push(lines.length ? lines.join('\n') : text(t));
+    }
+    shapes += [...svg.querySelectorAll('polyline, path, line, rect, circle, ellipse')].filter(
+      el => !el.closest('g[data-annotation-uid]')
+    ).length;
+  }
+
+  const panelItems = [...document.querySelectorAll('[data-cy="data-row"]')].map(text);
+  // Toasts as "<type>: title / message"; viewport prompts (hydrate SR/SEG), dialogs, tours.
+  const lines = el => (el.innerText || el.textContent || '').split('\n').map(l => l.trim());
+  const said = el => lines(el).filter(Boolean).join(' / ');
+  const notices = [
+    ...[...document.querySelectorAll('[data-sonner-toast]')].map(
+      el => `${el.getAttribute('data-type') || 'toast'}: ${said(el)}`
+    ),
+    // OHIF's ViewportDialog: a focusable box with the message and its buttons.
+    ...[...document.querySelectorAll('[data-cy="viewport-pane"] div[tabindex="0"]:has(button)')].map(
+      el => `prompt: ${said(el)}`
+    ),
+    ...[...document.querySelectorAll('[role="dialog"], [role="alertdialog"]')].map(
+      el => `dialog: ${said(el)}`
+    ),
+    ...[...document.querySelectorAll('.shepherd-element')].map(el => `tour: ${said(el)}`),
+  ].filter(n => !/: $/.test(n));
+  const body = document.body ? document.body.innerText : '';
+  return {
+    ready: !!services,
+    rendered,
+    displaySets,
+    activeSeries,
+    viewportBox,
+    annotations: uids.size,
+    shapes,
+    labels,
+    panelItems,
+    notices,
+    errorText: /Something went wrong/i.test(body),
+  };
+}
+
+const browser = await chromium.launch({
+  executablePath: job.chromium || '/usr/bin/chromium',
+  headless: true,
+  args: [
+    '--no-sandbox',
+    '--disable-dev-shm-usage',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    // WebGL without a GPU (cornerstone3D renders with WebGL).
+    '--use-angle=swiftshader',
+    '--enable-unsafe-swiftshader',
+    '--ignore-gpu-blocklist',
+  ],
+});
+
+async function visit(index, v) {
+  const report = {
+    name: v.name,
+    url: `${job.baseUrl}/viewer?StudyInstanceUIDs=${encodeURIComponent(v.StudyInstanceUID)}`,
+    screenshot: join(job.outDir, `${index + 1}-${v.name.replace(/[^A-Za-z0-9_.-]+/g, '_')}.png`),
+    rendered: false,
+    series_opened: false,
+    page_errors: [],
+    console_errors: [],
+    error_boundary: false,
+    boundary_errors: [],
+    annotations: 0,
+    shapes: 0,
+    labels: [],
+    panel_items: [],
+    notices: [],
+    viewport_box: null,
+    blocked_requests: [],
+    failed_requests: [],
+    timed_out: false,
+    unsupported: false,
+    series_messages: [],
+    steps: [],
+  };
+  const context = await browser.newContext({ viewport: VIEWPORT, serviceWorkers: 'block' });
+  let inflight = 0;
+  await context.route('**/*', route => {
+    const url = route.request().url();
+    if (new URL(url).hostname === '127.0.0.1') return route.continue();
+    report.blocked_requests.push(url);
+    return route.abort('blockedbyclient');
+  });
+  // OHIF's first-visit tour would cover the viewport and swallow the double-clicks.
+  await context.addInitScript(() => {
+    localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));
+  });
+  const page = await context.newPage();
+  page.on('pageerror', e => report.page_errors.push(String(e.stack || e.message || e)));
+  const pending = []; // console arguments still being read
+  page.on('console', m => {
+    const t = m.text();
+    if (m.type() === 'error') report.console_errors.push(t);
+    if (/Error Boundary/.test(t)) {
+      // OHIF logs console.debug(`${context} Error Boundary`, error, componentStack, context)
+      report.error_boundary = true;
+      const read = m.args()[1]?.evaluate(e => String((e && (e.stack || e.message)) || e));
+      const where = t.split(' Error Boundary')[0];
+      pending.push(
+        Promise.resolve(read)
+          .catch(() => null)
+          .then(error => report.boundary_errors.push(`${where}: ${error || t}`))
+      );
+    }
+  });
+  page.on('request', () => inflight++);
+  page.on('requestfinished', () => inflight--);
+  page.on('requestfailed', r => {
+    inflight--;
+    if (new URL(r.url()).hostname === '127.0.0.1') {
+      report.failed_requests.push(`${r.url()} ${r.failure()?.errorText}`);
+    }
+  });
+  page.on('response', r => {
+    if (r.status() >= 400) report.failed_requests.push(`${r.url()} HTTP ${r.status()}`);
+  });
+  const crashed = () => report.page_errors.length > 0 || report.error_boundary;
+  const visitDeadline = Date.now() + VISIT_MS;
+  const notices = new Set(); // every notice seen, as toasts come and go
+
+  async function look() {
+    const snap = await page.evaluate(probe).catch(() => null);
+    snap?.notices.forEach(n => notices.add(n));
+    return snap;
+  }
+
+  // Poll the page until `done(snapshot)`, a crash, or the time is up.
+  async function until(what, ms, done) {
+    const deadline = Math.min(Date.now() + ms, visitDeadline);
+    let snap = null;
+    while (Date.now() < deadline) {
+      snap = await look();
+      if (snap && (done(snap) || snap.errorText || crashed())) {
+        report.steps.push(`${what}: ${done(snap) ? 'yes' : 'crashed'}`);
+        return snap;
+      }
+      await page.waitForTimeout(POLL_MS);
+    }
+    report.steps.push(`${what}: timed out`);
+    report.timed_out = true;
+    return snap;
+  }
+
+  try {
+    await page.goto(report.url, { waitUntil: 'load', timeout: FIRST_IMAGE_MS });
+    let snap = await until('first image', FIRST_IMAGE_MS, s => s.rendered);
+    if (v.SeriesInstanceUID && snap && !crashed()) {
+      const ds = snap.displaySets.find(d => d.SeriesInstanceUID === v.SeriesInstanceUID);
+      if (!ds) {
+        report.steps.push(`series ${v.SeriesInstanceUID}: no display set`);
+      } else if (!snap.activeSeries.includes(v.SeriesInstanceUID)) {
+        report.unsupported = ds.unsupported;
+        report.series_messages = ds.messages;
+        const thumbnail = page.locator(`[id="thumbnail-${ds.displaySetInstanceUID}"]`);
+        await thumbnail.dblclick({ timeout: OPEN_SERIES_MS });
+        // OHIF refuses to open a display set it marked unsupported: nothing to wait for.
+        if (!ds.unsupported) {
+          snap = await until('series opened', OPEN_SERIES_MS, s =>
+            s.activeSeries.includes(v.SeriesInstanceUID)
+          );
+        }
+      }
+    }
+    // Settle: network quiet and the drawing unchanged for QUIET_POLLS polls in a row.
+    const deadline = Math.min(Date.now() + SETTLE_MS, visitDeadline);
+    let last = '';
+    let quiet = 0;
+    while (quiet < QUIET_POLLS && !crashed()) {
+      if (Date.now() > deadline) {
+        report.steps.push('settle: timed out');
+        report.timed_out = true;
+        break;
+      }
+      await page.waitForTimeout(POLL_MS);
+      snap = (await look()) || snap;
+      const key = JSON.stringify(snap);
+      quiet = inflight === 0 && key === last ? quiet + 1 : 0;
+      last = key;
+    }
+    if (quiet >= QUIET_POLLS) report.steps.push('settled');
+    if (crashed()) report.steps.push('crashed');
+    if (snap) {
+      report.rendered = snap.rendered;
+      report.series_opened = v.SeriesInstanceUID
+        ? snap.activeSeries.includes(v.SeriesInstanceUID)
+        : snap.rendered;
+      report.annotations = snap.annotations;
+      report.shapes = snap.shapes;
+      report.labels = snap.labels;
+      report.panel_items = snap.panelItems;
+      report.viewport_box = snap.viewportBox;
+      report.error_boundary = report.error_boundary || snap.errorText;
+      report.display_sets = snap.displaySets;
+    }
+  } catch (e) {
+    report.steps.push(`driver: ${e.message.split('\n')[0]}`);
+    report.timed_out = true;
+  }
+  await page.screenshot({ path: report.screenshot }).catch(e => {
+    report.steps.push(`screenshot: ${e.message.split('\n')[0]}`);
+  });
+  await look();
+  report.notices = [...notices];
+  await Promise.all(pending);
+  await context.close();
+  return report;
+}
+
+const reports = [];
+try {
+  for (const [index, v] of job.visits.entries()) {
+    const started = Date.now();
+    const report = await visit(index, v);
+    report.seconds = (Date.now() - started) / 1000;
+    reports.push(report);
+    console.log(`${v.name}: ${report.steps.join('; ')} (${report.seconds.toFixed(1)} s)`);
+  }
+} finally {
+  await browser.close();
+}
+writeFileSync(join(job.outDir, 'report.json'), JSON.stringify(reports, null, 2));
