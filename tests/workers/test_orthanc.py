@@ -3,9 +3,11 @@ the node, and the node's SR, SEG and GSPS come back into the same Orthanc study.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -60,7 +62,7 @@ def orthanc_and_node(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         wait_port(node_port)
         yield http_port, tmp_path
     finally:
-        os.killpg(node.pid, 15)
+        os.killpg(node.pid, signal.SIGTERM)
         orthanc.terminate()
         for process in (node, orthanc):
             try:
@@ -68,6 +70,10 @@ def orthanc_and_node(tmp_path: Path) -> Iterator[tuple[int, Path]]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        # A worker child can hang in Celery's warm shutdown when its pool process was
+        # terminated with it (seen under CPU load, orphaned for good): end the whole group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(node.pid, signal.SIGKILL)
         for log in logs:
             log.close()
 
