@@ -131,6 +131,14 @@ class GazeXSettings:
     #: ``model.train.provenance``); ``gazex eval`` warns when test films overlap them.
     #: Empty for checkpoints older than the record.
     training_data: dict[str, Any] = field(default_factory=dict)
+    #: The domain gate's file in the checkpoint folder (``model.domain``: is a film like the
+    #: training films?), written by ``gazex train`` and ``gazex calibrate-domain``; empty when
+    #: the checkpoint has none (its results then say "not checked").
+    domain_gate: str = ""
+    #: The probability calibration's file in the checkpoint folder (``model.calibration``:
+    #: a temperature per finding, fitted on the threshold readings), written by ``gazex
+    #: train`` and ``gazex calibrate-probabilities``; empty: raw probabilities are reported.
+    probability_calibration: str = ""
     #: Mean gap (ms) between key fixations and mean dwell, for timing fall-backs.
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from model.result import InferenceResult
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``data``, ``train``, ``eval`` and ``predict`` to the ``gazex`` parser."""
@@ -27,8 +29,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run the model on CR/DX films (DICOM) and print, per film, the findings "
         "with their probabilities and boxes, the ABCDEF draft report, the inspection "
         "trajectory and the steps not inspected; optionally the result JSON and an overlay "
-        "PNG. The files are checked before the model loads. Research use only: the shipped "
-        "model is trained on synthetic data.",
+        "PNG. The files are checked before the model loads. A film unlike the training films "
+        "(the checkpoint's domain gate) is announced first, OUT OF DOMAIN, and its findings "
+        "are not to be trusted. Research use only: the shipped model is trained on synthetic "
+        "data.",
     )
     pr.add_argument("files", nargs="+", type=Path, metavar="FILE.dcm")
     pr.add_argument("--ckpt", type=Path, metavar="DIR", help="default: the shipped checkpoint")
@@ -71,6 +75,21 @@ def _read_radiograph(path: Path) -> Dataset:
     return ds
 
 
+def domain_line(result: InferenceResult) -> str:
+    """One line: the domain gate's verdict on the film, or that it was not checked."""
+    check = result.domain
+    if check is None:
+        return "domain: not checked (the checkpoint has no domain gate)"
+    if check.in_domain:
+        return (
+            f"domain: like the training films (score {check.score:.1f} <= threshold "
+            f"{check.threshold:.1f}, {check.method})"
+        )
+    return (
+        f"domain: OUT (score {check.score:.1f} > threshold {check.threshold:.1f}, {check.method})"
+    )
+
+
 def run_predict(args: argparse.Namespace) -> int:
     from model.overlay import overlay
     from model.pixels import display_image
@@ -86,11 +105,15 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.ckpt, device=args.device)
     results = predictor.predict_images(datasets, images, args.question)
     for index, (path, result) in enumerate(zip(args.files, results, strict=True)):
+        notice = result.domain_notice(path.name)
+        if notice is not None:
+            print(notice)
         print(
             f"== {path.name}  ({result.source.Columns}x{result.source.Rows}, "
             f"model {result.model.name} {result.model.version}, trained on synthetic data)"
         )
-        print("findings:")
+        print(domain_line(result))
+        print("findings (not to be trusted: out of domain):" if notice else "findings:")
         for f in sorted(result.findings, key=lambda f: -f.probability):
             box = (
                 ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +44,18 @@ class RawOutput:
     mask_probs: npt.NDArray[np.float32]  # (F, N)
     report: str
     answers: list[str]
+    #: The pooled image representation the domain gate scores (:func:`pooled_image_tokens`).
+    image_features: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.float32)
+    )
+
+
+def pooled_image_tokens(h_img: torch.Tensor) -> torch.Tensor:
+    """(B, 2d): the channel-wise maximum and mean of the image tokens' final hidden states
+    (B, N, d), the features of :mod:`model.domain` and the input of the finding head's global
+    logit (``GazeXModel.finding_outputs``); float32 whatever the autocast."""
+    h = h_img.float()
+    return torch.cat([h.amax(dim=1), h.mean(dim=1)], dim=-1)
 
 
 class _Decoder:
@@ -166,6 +178,65 @@ class InferenceEngine:
                     on_batch(len(chunk))
         return [r for r in results if r is not None]
 
+    def image_features(
+        self,
+        prepared: Sequence[ImageInput],
+        on_batch: Callable[[int], object] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """(len(prepared), 2d) :func:`pooled_image_tokens` of each image: the image prefix
+        only (no scanpath, heads or text), for fitting the domain gate."""
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for i, im in enumerate(prepared):
+            groups.setdefault(im.grid_thw, []).append(i)
+        rows: list[npt.NDArray[np.float32] | None] = [None] * len(prepared)
+        for indices in groups.values():
+            for start in range(0, len(indices), self.max_batch):
+                chunk = indices[start : start + self.max_batch]
+                with (
+                    torch.inference_mode(),
+                    self._autocast(),
+                    cpu_threads(self.device, self.threads),
+                ):
+                    _, _, h_img = self._prefix([prepared[i] for i in chunk], 0)
+                    pooled = pooled_image_tokens(h_img).cpu().numpy()
+                for i, row in zip(chunk, pooled, strict=True):
+                    rows[i] = row
+                if on_batch is not None:
+                    on_batch(len(chunk))
+        return np.stack([r for r in rows if r is not None]).astype(np.float32)
+
+    def _autocast(self) -> torch.autocast:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _prefix(
+        self, images: Sequence[ImageInput], extra: int
+    ) -> tuple[_Decoder, torch.Tensor, torch.Tensor]:
+        """Run the image prefix of a group (same grid): (decoder state with room for
+        ``extra`` more tokens, padded visual tokens, image-token final hidden states)."""
+        model = self.model
+        dev = self.device
+        b = len(images)
+        n = images[0].grid.num_patches
+        pixel_values = torch.from_numpy(patchify(images, model.settings.patch_spec)).to(dev)
+        thw = torch.tensor([im.grid_thw for im in images], dtype=torch.long, device=dev)
+        feats = model.image_features(pixel_values, thw)
+        img_in, _ = pad_image_tokens(feats)
+        ids = torch.tensor([prefix_ids(model.codec, n)] * b, dtype=torch.long, device=dev)
+        embeds = model.embed_tokens(ids)
+        image_positions = ids == model.image_token_id
+        embeds = embeds.masked_scatter(
+            image_positions[..., None], torch.cat(feats).to(embeds.dtype)
+        )
+        positions = model.rope_positions(ids, thw, None)
+        # Built per call: the weights may have changed since the engine was made (training).
+        weights = DecoderWeights(model.vlm.model.language_model)
+        state = _Decoder(weights, b, ids.shape[1] + extra, dev)
+        hidden = state.run(embeds, positions)
+        state.next_pos = positions.amax(dim=(0, 2)) + 1
+        return state, img_in, hidden[:, 1 : 1 + n]
+
     @torch.inference_mode()
     def _run_group(
         self, images: Sequence[ImageInput], questions: Sequence[list[str]], generate_text: bool
@@ -176,33 +247,13 @@ class InferenceEngine:
         b = len(images)
         grid = images[0].grid
         n = grid.num_patches
-        autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if dev.type == "cuda"
-            else torch.autocast("cpu", enabled=False)
-        )
-        with autocast, cpu_threads(dev, self.threads):
-            pixel_values = torch.from_numpy(patchify(images, settings.patch_spec)).to(dev)
-            thw = torch.tensor([im.grid_thw for im in images], dtype=torch.long, device=dev)
-            feats = model.image_features(pixel_values, thw)
-            img_in, _ = pad_image_tokens(feats)
-            ids = torch.tensor([prefix_ids(model.codec, n)] * b, dtype=torch.long, device=dev)
-            embeds = model.embed_tokens(ids)
-            image_positions = ids == model.image_token_id
-            embeds = embeds.masked_scatter(
-                image_positions[..., None], torch.cat(feats).to(embeds.dtype)
-            )
-            positions = model.rope_positions(ids, thw, None)
+        with self._autocast(), cpu_threads(dev, self.threads):
             k = settings.effective_gaze_tokens
             n_questions = max((len(q) for q in questions), default=0)
-            capacity = ids.shape[1] + k + 3 + settings.max_report_tokens
-            capacity += n_questions * (32 + settings.max_answer_tokens) if generate_text else 0
-            # Built per call: the weights may have changed since the engine was made (training).
-            weights = DecoderWeights(model.vlm.model.language_model)
-            state = _Decoder(weights, b, capacity, dev)
-            hidden = state.run(embeds, positions)
-            state.next_pos = positions.amax(dim=(0, 2)) + 1
-            h_img = hidden[:, 1 : 1 + n]
+            extra = k + 3 + settings.max_report_tokens
+            extra += n_questions * (32 + settings.max_answer_tokens) if generate_text else 0
+            state, img_in, h_img = self._prefix(images, extra)
+            pooled = pooled_image_tokens(h_img)
             img_mask = torch.ones(b, n, dtype=torch.bool, device=dev)
             rows = torch.arange(b, device=dev)
             gaze_keys = model.gaze_key(h_img)
@@ -252,6 +303,7 @@ class InferenceEngine:
         probs = torch.sigmoid(finding_logits.float()).cpu().numpy()
         masks = torch.sigmoid(mask_logits.float()).cpu().numpy()
         box_np = boxes.float().cpu().numpy()
+        pooled_np = pooled.cpu().numpy()
         outs = []
         for i in range(b):
             timing_i = [torch.expm1(t[i]).clamp(min=0).tolist() for t in timings]
@@ -271,6 +323,7 @@ class InferenceEngine:
                     mask_probs=masks[i],
                     report=reports[i],
                     answers=answers[i],
+                    image_features=pooled_np[i],
                 )
             )
         return outs

@@ -12,7 +12,10 @@ one factor maps PNG pixels to source pixels. On the film:
   colour; labels go where they overlap no other label, ring or tag;
 - a legend of the step colours (A Airways ... F Foreign material, steps the trajectory did
   not inspect marked) in the corner with least drawn under it, on a translucent panel;
-- a footer strip with the research-use notice (:data:`FOOTER`).
+- a footer strip with the research-use notice (:data:`FOOTER`);
+- when the domain gate found the film unlike the training films
+  (:attr:`model.result.InferenceResult.out_of_domain`), a red banner across the top that
+  says so (:func:`banner_text`): nothing drawn below it is to be trusted.
 
 Text is DejaVu Sans (Debian's ``fonts-dejavu-core``) sized to the image with a dark outline;
 without that font, Pillow's scalable default. :func:`layout` computes where everything goes
@@ -76,6 +79,8 @@ HALO: RGB = (0, 0, 0)
 PANEL_ALPHA = 170
 
 FOOTER = "Research use only - model trained on synthetic data - not for clinical use"
+BANNER_COLOUR: RGB = (200, 0, 0)
+BANNER_ALPHA = 225
 MIN_LONG_SIDE = 1024
 MAX_LONG_SIDE = 2048
 FONT_DIRS: tuple[Path, ...] = (Path("/usr/share/fonts/truetype/dejavu"),)
@@ -199,6 +204,9 @@ class OverlayLayout:
     legend: tuple[LegendEntry, ...]
     footer_rect: Rect
     footer: Label
+    #: The out-of-domain banner across the top, when the film is out of domain.
+    banner_rect: Rect | None = None
+    banner: Label | None = None
 
     @property
     def labels(self) -> list[Label]:
@@ -287,6 +295,12 @@ def layout(
         size[1] - footer_h + sizes.pad,
     )
     obstacles: list[Rect] = [footer_rect]
+    banner_rect: Rect | None = None
+    banner: Label | None = None
+    text = banner_text(result)
+    if text is not None:
+        banner_rect, banner = _strip(text, load_font(footer_size + 4, bold=True), size, sizes)
+        obstacles.append(banner_rect)
 
     # Finding boxes and their tags (above the box, else inside its top).
     findings: list[FindingMark] = []
@@ -377,7 +391,32 @@ def layout(
         legend=legend,
         footer_rect=footer_rect,
         footer=footer,
+        banner_rect=banner_rect,
+        banner=banner,
     )
+
+
+def banner_text(result: InferenceResult) -> str | None:
+    """The out-of-domain banner's words, or None when the film is in domain (or unchecked)."""
+    if result.domain is None or result.domain.in_domain:
+        return None
+    return (
+        f"OUT OF DOMAIN - unlike the training films (score {result.domain.score:.1f} > "
+        f"{result.domain.threshold:.1f}): findings not to be trusted"
+    )
+
+
+def _strip(text: str, font: Font, size: tuple[int, int], sizes: Sizes) -> tuple[Rect, Label]:
+    """A full-width strip at the top holding ``text``, its font shrunk until it fits."""
+    left, top, right, bottom = text_size(text, font)
+    points = font.size if isinstance(font, ImageFont.FreeTypeFont) else 0
+    while right - left > size[0] - 2 * sizes.pad and points > 6:
+        points -= 1
+        font = load_font(points, bold=True)
+        left, top, right, bottom = text_size(text, font)
+    height = (bottom - top) + 2 * sizes.pad
+    label = _label([TextRun(text, TEXT_COLOUR)], font, (size[0] - (right - left)) / 2, sizes.pad)
+    return (0.0, 0.0, float(size[0]), height), label
 
 
 def _grow(rect: Rect, by: float) -> Rect:
@@ -531,6 +570,8 @@ def render(image: npt.NDArray[np.float32], plan: OverlayLayout) -> Image.Image:
     panels = Image.new("RGBA", plan.size, (0, 0, 0, 0))
     pd = ImageDraw.Draw(panels)
     pd.rectangle(plan.footer_rect, fill=(0, 0, 0, PANEL_ALPHA))
+    if plan.banner_rect is not None:
+        pd.rectangle(plan.banner_rect, fill=(*BANNER_COLOUR, BANNER_ALPHA))
     pd.rounded_rectangle(plan.legend_rect, radius=s.pad, fill=(0, 0, 0, PANEL_ALPHA))
     for mark in plan.findings:
         pd.rectangle(_grow(mark.label.rect, s.pad / 3), fill=(0, 0, 0, PANEL_ALPHA))
@@ -546,6 +587,8 @@ def render(image: npt.NDArray[np.float32], plan: OverlayLayout) -> Image.Image:
         _draw_swatch(draw, entry, s)
         _draw_label(draw, entry.label, 0)
     _draw_label(draw, plan.footer, 0)
+    if plan.banner is not None:
+        _draw_label(draw, plan.banner, 0)
     return canvas.convert("RGB")
 
 

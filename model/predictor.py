@@ -11,7 +11,9 @@ Every coordinate in the result is in the analysed image's source pixels (SCOORD:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -24,14 +26,25 @@ import torch
 from pydicom.dataset import Dataset
 
 from model.abcdef import REGION_STEP, STEPS, Step, inspected_steps
-from model.architecture import WEIGHTS_FILE, GazeXModel, configure_threads, select_device
+from model.architecture import (
+    SETTINGS_FILE,
+    WEIGHTS_FILE,
+    GazeXModel,
+    configure_threads,
+    select_device,
+)
+from model.calibration import ProbabilityCalibration, load_calibration
+from model.consistency import agree_report, claims, decided_answer, own_sentences, sentences
+from model.domain import DomainGate, load_gate
 from model.findings import FINDINGS_BY_KEY, FindingType
+from model.geometry import PatchGrid
 from model.inference import InferenceEngine, RawOutput
 from model.pixels import display_image
 from model.prompt import parse_report
 from model.result import (
     Answer,
     Box,
+    DomainCheck,
     Finding,
     Fixation,
     InferenceResult,
@@ -44,6 +57,8 @@ from model.result import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
+#: Mask probability at or above which a source pixel of a present finding's box is in its mask.
+MASK_THRESHOLD = 0.5
 #: Gap assumed before the first fixation when the timing head is absent (no-gaze models).
 _NOT_REPORTED = "Not described by the model."
 
@@ -65,10 +80,21 @@ def default_checkpoint() -> Path:
 
 
 def checkpoint_sha256(directory: Path) -> str:
+    """The checkpoint's identity: sha256 of the weights (``model.safetensors``) followed by
+    the domain gate file (:mod:`model.domain`) and then the probability calibration file
+    (:mod:`model.calibration`) that ``gazex.json`` names, each when it names one. Without
+    either it is the weights' own sha256; ``gazex.json`` itself is not covered."""
+    files = [directory / WEIGHTS_FILE]
+    settings = directory / SETTINGS_FILE
+    named = json.loads(settings.read_text()) if settings.is_file() else {}
+    for key in ("domain_gate", "probability_calibration"):
+        if named.get(key, ""):
+            files.append(directory / named[key])
     digest = hashlib.sha256()
-    with (directory / WEIGHTS_FILE).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    for path in files:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -92,6 +118,12 @@ class Predictor:
         self.device = device
         self.engine = InferenceEngine(model, device)
         settings = model.settings
+        #: The checkpoint's domain gate (:mod:`model.domain`); None: results say "not checked".
+        self.gate: DomainGate | None = load_gate(checkpoint, settings.domain_gate)
+        #: Temperatures per finding (:mod:`model.calibration`); None: raw probabilities.
+        self.calibration: ProbabilityCalibration | None = load_calibration(
+            checkpoint, settings.probability_calibration, settings.finding_keys
+        )
         self.info = ModelInfo(
             name=settings.name,
             version=settings.version,
@@ -144,7 +176,22 @@ class Predictor:
     def to_result(
         self, raw: RawOutput, source: SourceImage, questions: Sequence[str] = ()
     ) -> InferenceResult:
-        return build_result(raw, source, self.model, self.info, questions)
+        domain = self.check_domain(raw)
+        return build_result(
+            raw,
+            source,
+            self.model,
+            self.info,
+            questions,
+            domain=domain,
+            calibration=self.calibration,
+        )
+
+    def check_domain(self, raw: RawOutput) -> DomainCheck | None:
+        """The domain gate's verdict on one film's outputs; None without a gate."""
+        if self.gate is None:
+            return None
+        return self.gate.check(raw.image_features)
 
 
 def build_result(
@@ -153,8 +200,22 @@ def build_result(
     model: GazeXModel,
     info: ModelInfo,
     questions: Sequence[str] = (),
+    *,
+    domain: DomainCheck | None = None,
+    calibration: ProbabilityCalibration | None = None,
+    consistent: bool = True,
 ) -> InferenceResult:
-    """Map token-grid outputs to source pixels and fill the result contract."""
+    """Map token-grid outputs to source pixels and fill the result contract (``domain``: the
+    domain gate's verdict, :meth:`Predictor.check_domain`). With ``calibration`` each
+    finding's probability is the calibrated one; present/absent is decided on the raw
+    probability against ``gazex.json``'s thresholds (tuned on raw probabilities), the same
+    decision as the calibrated probability against the mapped threshold.
+
+    One story per film (issue 16): the finding head's decisions are the result's one state.
+    The report's sentences, the findings' sentences, the impression and the answers to
+    presence questions are made to agree with them, and a step the trajectory did not inspect
+    says so (:mod:`model.consistency`). ``consistent=False`` keeps the model's raw text, to
+    measure what that changes (``benchmarks/bench_consistency.py``)."""
     settings = model.settings
     grid = raw.grid
     trajectory: list[Fixation] = []
@@ -185,20 +246,28 @@ def build_result(
         clock += dwell
     sections, impression = parse_report(raw.report)
     thresholds = settings.thresholds or (0.5,) * len(settings.finding_keys)
+    reported = (
+        raw.probabilities if calibration is None else calibration.calibrate(raw.probabilities)
+    )
+    decisions = {
+        key: float(np.clip(raw.probabilities[i], 0.0, 1.0)) >= thresholds[i]
+        for i, key in enumerate(settings.finding_keys)
+    }
+    visited = visited_steps([fx.step for fx in trajectory], [fx.region for fx in trajectory])
+    if consistent:
+        sections, impression = agree_report(sections, impression, decisions, visited)
     findings: list[Finding] = []
     for i, key in enumerate(settings.finding_keys):
         ftype = FINDINGS_BY_KEY[key]
-        probability = float(np.clip(raw.probabilities[i], 0.0, 1.0))
-        present = probability >= thresholds[i]
+        present = decisions[key]
+        probability = float(np.clip(reported[i], 0.0, 1.0))
         box: Box | None = None
         mask: npt.NDArray[np.bool_] | None = None
         support: tuple[int, ...]
         if present:
             x0, y0, x1, y1 = grid.denormalise_box(*(float(v) for v in raw.boxes[i]))
             box = Box(x0, y0, x1, y1)
-            token_mask = raw.mask_probs[i] >= 0.5
-            if token_mask.any():
-                mask = grid.upsample(token_mask.astype(np.float32)) >= 0.5
+            mask = finding_mask(grid, raw.mask_probs[i], box)
             support = tuple(
                 j
                 for j, fx in enumerate(trajectory)
@@ -213,7 +282,9 @@ def build_result(
                 probability=probability,
                 present=bool(present),
                 step=ftype.step,
-                sentence=finding_sentence(ftype, bool(present), sections.get(ftype.step, "")),
+                sentence=finding_sentence(
+                    ftype, bool(present), sections.get(ftype.step, ""), agreeing=consistent
+                ),
                 box=box,
                 mask=mask,
                 fixation_indices=support,
@@ -224,11 +295,11 @@ def build_result(
         sections=tuple(ReportSection(s, sections.get(s) or _NOT_REPORTED) for s in STEPS),
         impression=impression or _impression(findings),
     )
-    visited = visited_steps([fx.step for fx in trajectory], [fx.region for fx in trajectory])
     coverage = tuple((s, s in visited) for s in STEPS)
     attention = _attention(raw)
     answers = tuple(
-        Answer(question=q, answer=a) for q, a in zip(questions, raw.answers, strict=False)
+        Answer(question=q, answer=(decided_answer(q, decisions) if consistent else None) or a)
+        for q, a in zip(questions, raw.answers, strict=False)
     )
     return InferenceResult(
         source=source,
@@ -239,15 +310,72 @@ def build_result(
         coverage=coverage,
         attention=attention,
         answers=answers,
+        domain=domain,
     )
+
+
+def finding_mask(
+    grid: PatchGrid,
+    probabilities: npt.NDArray[np.floating],
+    box: Box,
+    threshold: float = MASK_THRESHOLD,
+) -> npt.NDArray[np.bool_] | None:
+    """A present finding's mask at source resolution, within its box.
+
+    The token-grid mask probabilities are interpolated bilinearly between token centres to
+    the centres of the source pixels the box overlaps, and thresholded; nothing outside the
+    box is kept, so the mask agrees with the box. ``None`` when no pixel of the box reaches
+    the threshold: the model has no shape for the finding, and the SEG then uses the box's
+    pixels (an invented shape would claim more than the model said)."""
+    values = np.asarray(probabilities, dtype=np.float32).reshape(grid.grid_h, grid.grid_w)
+    rows, columns = grid.Rows, grid.Columns
+    c0 = min(math.floor(box.x0), columns - 1)
+    r0 = min(math.floor(box.y0), rows - 1)
+    c1 = min(max(math.ceil(box.x1), c0 + 1), columns)
+    r1 = min(max(math.ceil(box.y1), r0 + 1), rows)
+    inside = _bilinear(values, (np.arange(r0, r1) + 0.5) * grid.grid_h / rows - 0.5, axis=0)
+    inside = _bilinear(inside, (np.arange(c0, c1) + 0.5) * grid.grid_w / columns - 0.5, axis=1)
+    if not (inside >= threshold).any():
+        return None
+    mask = np.zeros((rows, columns), dtype=bool)
+    mask[r0:r1, c0:c1] = inside >= threshold
+    return mask
+
+
+def _bilinear(
+    values: npt.NDArray[np.float32], at: npt.NDArray[np.float64], axis: int
+) -> npt.NDArray[np.float32]:
+    """Linear interpolation of ``values`` along ``axis`` at fractional indices ``at``
+    (clamped to the first and last sample: constant beyond the outer token centres)."""
+    last = values.shape[axis] - 1
+    at = np.clip(at, 0.0, float(last))
+    low = np.floor(at).astype(np.int64)
+    high = np.minimum(low + 1, last)
+    weight = (at - low).astype(np.float32)
+    shape = [1, 1]
+    shape[axis] = -1
+    weight = weight.reshape(shape)
+    below = np.take(values, low, axis=axis)
+    above = np.take(values, high, axis=axis)
+    interpolated: npt.NDArray[np.float32] = below * (1.0 - weight) + above * weight
+    return interpolated
 
 
 def _sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
 
 
-def finding_sentence(ftype: FindingType, present: bool, section: str) -> str:
-    """The report sentence that mentions the finding, else a plain statement of the result."""
+def finding_sentence(
+    ftype: FindingType, present: bool, section: str, *, agreeing: bool = True
+) -> str:
+    """The report sentence that asserts or negates the finding in agreement with its
+    decision (:func:`model.consistency.claims`), else its own sentence ("X present.", "No
+    x."). ``agreeing=False``: the first sentence naming it, whatever it says (the raw text)."""
+    if agreeing:
+        for sentence in sentences(section):
+            if claims(sentence).findings.get(ftype.key) is present:
+                return sentence
+        return own_sentences([ftype.key], {ftype.key: present})[0]
     words = {ftype.display.lower(), ftype.key.replace("_", " ")}
     for sentence in _sentences(section):
         lowered = sentence.lower()

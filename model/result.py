@@ -7,11 +7,18 @@ and every point lies within 0..Columns, 0..Rows.
 The JSON form (``to_json`` / ``from_json``) is this contract serialised; ``gazex render``
 and ``gazex predict --json`` read and write it. Masks travel as row-major run lengths
 starting with a run of zeros; the attention map as a nested list of floats.
+
+``InferenceResult.domain`` is the domain gate's verdict (:mod:`model.domain`): whether the
+film is like the films the checkpoint was trained on. When it is not
+(:attr:`InferenceResult.out_of_domain`), every consumer leads with
+:meth:`DomainCheck.notice` and does not report the findings as if the model knew. A result
+without it (older JSON, a checkpoint without a gate) was not checked.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,6 +61,44 @@ class ModelInfo:
     checkpoint_sha256: str
     trained_on_synthetic_data: bool
     manufacturer: str = "GazeX Node project"
+
+
+@dataclass(frozen=True)
+class DomainCheck:
+    """The domain gate's verdict on the analysed film (:mod:`model.domain`).
+
+    ``score`` is the film's distance from the training films (the checkpoint's gate says how it
+    is measured: ``method``); above ``threshold``, set from the training films alone, the film
+    is out of domain.
+    """
+
+    score: float
+    threshold: float
+    in_domain: bool
+    method: str
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and self.threshold > 0):
+            raise ResultError(f"domain threshold must be positive, got {self.threshold}")
+        if math.isnan(self.score) or self.score < 0:
+            raise ResultError(f"domain score must be a non-negative number, got {self.score}")
+        if self.in_domain != (self.score <= self.threshold):
+            raise ResultError(
+                f"domain verdict in_domain={self.in_domain} contradicts score {self.score} "
+                f"and threshold {self.threshold}"
+            )
+
+    def notice(
+        self, subject: str = "this film", training: str = "the films the model was trained on"
+    ) -> str | None:
+        """The plain-words out-of-domain notice (one line), or None when in domain."""
+        if self.in_domain:
+            return None
+        return (
+            f"OUT OF DOMAIN: {subject} is unlike {training} (domain score {self.score:.1f} > "
+            f"threshold {self.threshold:.1f}); the model's findings, report and trajectory "
+            "for it are not to be trusted."
+        )
 
 
 @dataclass(frozen=True)
@@ -155,6 +200,8 @@ class InferenceResult:
     #: Optional attention map in [0, 1] covering the whole image (any resolution).
     attention: npt.NDArray[np.float32] | None = field(default=None, compare=False)
     answers: tuple[Answer, ...] = ()
+    #: The domain gate's verdict; None: not checked (a checkpoint without a gate, older JSON).
+    domain: DomainCheck | None = None
 
     def __post_init__(self) -> None:
         for finding in self.findings:
@@ -180,6 +227,23 @@ class InferenceResult:
                 raise ResultError("attention map values must lie in [0, 1]")
 
     @property
+    def out_of_domain(self) -> bool:
+        """True when the domain gate found the film unlike the training films."""
+        return self.domain is not None and not self.domain.in_domain
+
+    def domain_notice(self, subject: str = "this film") -> str | None:
+        """:meth:`DomainCheck.notice` for this result (naming synthetic training films when the
+        model was trained on them); None when in domain or not checked."""
+        if self.domain is None:
+            return None
+        training = (
+            "the synthetic films the model was trained on"
+            if self.model.trained_on_synthetic_data
+            else "the films the model was trained on"
+        )
+        return self.domain.notice(subject, training)
+
+    @property
     def skipped_steps(self) -> tuple[Step, ...]:
         return tuple(step for step, inspected in self.coverage if not inspected)
 
@@ -201,6 +265,7 @@ class InferenceResult:
             if self.attention is None
             else np.round(self.attention.astype(float), 4).tolist(),
             "answers": [vars(a).copy() for a in self.answers],
+            "domain": None if self.domain is None else vars(self.domain).copy(),
         }
 
     def to_json(self) -> str:
@@ -231,6 +296,7 @@ class InferenceResult:
                 if data.get("attention") is None
                 else np.asarray(data["attention"], dtype=np.float32),
                 answers=tuple(Answer(**a) for a in data.get("answers", ())),
+                domain=_domain_from_dict(data.get("domain")),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, ResultError):
@@ -262,6 +328,17 @@ def rle_to_mask(runs: Sequence[int], rows: int, columns: int) -> npt.NDArray[np.
         raise ResultError(f"mask runs cover {sum(runs)} pixels, expected {rows * columns}")
     values = np.arange(len(runs)) % 2 == 1
     return np.repeat(values, np.asarray(runs, dtype=np.int64)).reshape(rows, columns)
+
+
+def _domain_from_dict(data: dict[str, Any] | None) -> DomainCheck | None:
+    if data is None:
+        return None
+    return DomainCheck(
+        score=float(data["score"]),
+        threshold=float(data["threshold"]),
+        in_domain=bool(data["in_domain"]),
+        method=str(data["method"]),
+    )
 
 
 def _finding_to_dict(finding: Finding) -> dict[str, Any]:

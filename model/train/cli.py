@@ -1,4 +1,5 @@
-"""``gazex train`` and ``gazex eval`` (registered through :mod:`model.cli`).
+"""``gazex train``, ``gazex eval``, ``gazex calibrate-domain`` and ``gazex
+calibrate-probabilities`` (registered through :mod:`model.cli`).
 
 Registration is cheap: torch, transformers and the data stack are imported inside the
 command functions only.
@@ -99,6 +100,47 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_progress_argument(ev)
     ev.set_defaults(func=run_eval)
+
+    cal = subparsers.add_parser(
+        "calibrate-domain",
+        help="fit a checkpoint's domain gate on its training films (no retraining)",
+        description="Fit the domain gate (is a film like the training films? model/domain.py) "
+        "of an existing checkpoint on the films it was trained on, and write it into the "
+        "checkpoint folder (domain_gate.safetensors, named in gazex.json); the weights are "
+        "not touched. Give the --data, --format, --exclude-reader and --max-samples the "
+        "checkpoint was trained with: the films read must be the ones its gazex.json "
+        "records. `gazex train` fits the gate itself.",
+    )
+    _add_calibration_arguments(cal)
+    cal.set_defaults(func=run_calibrate_domain)
+
+    prob = subparsers.add_parser(
+        "calibrate-probabilities",
+        help="fit a checkpoint's probability calibration on its threshold readings",
+        description="Fit a temperature per finding (model/calibration.py) on the training "
+        "readings the checkpoint held out of training to tune its thresholds (every tenth "
+        "reading of the training films), and write it into the checkpoint folder "
+        "(probability_calibration.json, named in gazex.json); weights and thresholds are "
+        "not touched. Give the --data, --format, --exclude-reader and --max-samples the "
+        "checkpoint was trained with. `gazex train` fits the calibration itself.",
+    )
+    _add_calibration_arguments(prob)
+    prob.set_defaults(func=run_calibrate_probabilities)
+
+
+def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
+    """The checkpoint and the training films it was trained on, as the calibrate commands
+    read them (the films must be the ones its gazex.json records)."""
+    parser.add_argument("--ckpt", type=Path, metavar="DIR", help="default: the shipped checkpoint")
+    parser.add_argument("--data", required=True, type=Path, action="append", metavar="DIR")
+    parser.add_argument("--format", choices=FORMATS, default="synthetic")
+    parser.add_argument("--max-samples", type=int, help="use at most this many per folder")
+    parser.add_argument(
+        "--exclude-reader", action="append", default=[], metavar="ID", help="hold a reader out"
+    )
+    parser.add_argument("--device")
+    parser.add_argument("--threads", type=int, help="CPU threads (default 1)")
+    add_progress_argument(parser)
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, for_ablation: bool = False) -> None:
@@ -217,6 +259,7 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     from model.architecture import GazeXModel, configure_threads, select_device
+    from model.calibration import load_calibration
     from model.predictor import default_checkpoint
     from model.train.datasets import load_split
     from model.train.evaluate import evaluate, format_per_finding, format_table
@@ -230,9 +273,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if not args.ablation:
         ckpt = args.ckpt or default_checkpoint()
         model = GazeXModel.load(ckpt, device=device)
+        calibration = load_calibration(
+            ckpt, model.settings.probability_calibration, model.settings.finding_keys
+        )
         warn_overlap(training_overlap(model.settings.training_data, test).warning)
         with Progress(len(test), "film", args.progress, prefix="eval ") as progress:
-            metrics = evaluate(model, test, args.out, device, progress)
+            metrics = evaluate(model, test, args.out, device, progress, calibration)
         print(format_table({ckpt.name: metrics}))
         print()
         print(format_per_finding(metrics))
@@ -283,7 +329,12 @@ def run_eval(args: argparse.Namespace) -> int:
                 progress=progress,
             )
             progress.stage("eval")
-            columns[mode] = evaluate(model, test, out, device, progress)
+            calibration = load_calibration(
+                out / "checkpoint",
+                model.settings.probability_calibration,
+                model.settings.finding_keys,
+            )
+            columns[mode] = evaluate(model, test, out, device, progress, calibration)
             progress.bar.write(f"[{mode}] macro AUROC {columns[mode]['macro_auroc']:.3f}")
     table = format_table(columns)
     print(table)
@@ -296,6 +347,109 @@ def run_eval(args: argparse.Namespace) -> int:
             default=str,
         )
     )
+    return 0
+
+
+def run_calibrate_domain(args: argparse.Namespace) -> int:
+    from model.architecture import GazeXModel, configure_threads, select_device
+    from model.domain import GATE_FILE
+    from model.predictor import checkpoint_sha256, default_checkpoint
+    from model.train.loop import calibrate_domain_gate, prepare_samples, write_domain_gate
+    from model.train.progress import Progress
+    from model.train.provenance import training_record
+
+    ckpt: Path = args.ckpt or default_checkpoint()
+    device = select_device(args.device)
+    configure_threads(device, args.threads)
+    model = GazeXModel.load(ckpt, device=device)
+    samples = training_samples(args, ckpt, model.settings.training_data, "gate")
+    found = training_record(samples)
+    prepared = prepare_samples(samples, model.settings)
+    with Progress(len(prepared), "film", args.progress, prefix="domain gate ") as progress:
+        gate = calibrate_domain_gate(model, prepared, device, on_batch=progress.update)
+    if gate is None:
+        raise ValueError(f"too few training films ({found['films']}) to fit a domain gate")
+    write_domain_gate(ckpt, gate)
+    print(
+        f"domain gate fitted on {gate.films} training films ({gate.dims} features, "
+        f"{gate.method}, shrinkage {gate.shrinkage:.4f}): threshold {gate.threshold:.2f} = "
+        f"{gate.quantile:.1%} quantile of the films' held-out distances (median "
+        f"{gate.median_distance:.2f}, max {gate.max_distance:.2f})"
+    )
+    print(f"written to {ckpt / GATE_FILE}; checkpoint sha256 now {checkpoint_sha256(ckpt)}")
+    return 0
+
+
+def training_samples(
+    args: argparse.Namespace, ckpt: Path, recorded: dict[str, Any], what: str
+) -> list[GazeSample]:
+    """The training readings the options name, refused when they are not the films the
+    checkpoint records (a warning when it records none)."""
+    from model.train.datasets import load_split
+    from model.train.provenance import training_record
+
+    samples = load_split(
+        args.data, args.format, "train", args.max_samples, exclude_readers=args.exclude_reader
+    )
+    found = training_record(samples)
+    if not recorded:
+        print(
+            f"warning: {ckpt} records no training films, so these {found['films']} films "
+            f"cannot be checked against them; the {what} describes whatever films were given",
+            file=sys.stderr,
+            flush=True,
+        )
+    elif found != recorded:
+        raise ValueError(
+            f"the films read are not {ckpt.name}'s training films: they record {found}, "
+            f"the checkpoint {recorded}; give the --data, --format, --exclude-reader and "
+            "--max-samples it was trained with"
+        )
+    return samples
+
+
+def run_calibrate_probabilities(args: argparse.Namespace) -> int:
+    from model.architecture import GazeXModel, configure_threads, select_device
+    from model.calibration import CALIBRATION_FILE, fit_calibration
+    from model.predictor import checkpoint_sha256, default_checkpoint
+    from model.train.loop import (
+        held_out_probabilities,
+        thresholds_from,
+        write_probability_calibration,
+    )
+    from model.train.progress import Progress
+
+    ckpt: Path = args.ckpt or default_checkpoint()
+    device = select_device(args.device)
+    configure_threads(device, args.threads)
+    model = GazeXModel.load(ckpt, device=device)
+    samples = training_samples(args, ckpt, model.settings.training_data, "calibration")
+    _, held_out = split_validation(samples)
+    if not held_out:
+        raise ValueError(f"too few training readings ({len(samples)}) to hold any out")
+    with Progress(len(held_out), "film", args.progress, prefix="calibration ") as progress:
+        probs, labels = held_out_probabilities(model, held_out, device, on_batch=progress.update)
+    keys = model.settings.finding_keys
+    if model.settings.thresholds and thresholds_from(probs, labels) != model.settings.thresholds:
+        print(
+            f"warning: the thresholds these {len(held_out)} readings give differ from "
+            f"{ckpt.name}'s: they may not be the readings it held out",
+            file=sys.stderr,
+            flush=True,
+        )
+    calibration = fit_calibration(keys, probs, labels)
+    write_probability_calibration(ckpt, calibration)
+    print(
+        f"probability calibration fitted on {calibration.films} held-out training readings "
+        f"({calibration.method}):"
+    )
+    print(f"{'finding':26}{'T':>7}{'ECE before':>12}{'ECE after':>11}{'pos':>5}")
+    for i, key in enumerate(keys):
+        print(
+            f"{key:26}{calibration.temperatures[i]:>7.3f}{calibration.ece_before[i]:>12.4f}"
+            f"{calibration.ece_after[i]:>11.4f}{int(labels[:, i].sum()):>5}"
+        )
+    print(f"written to {ckpt / CALIBRATION_FILE}; checkpoint sha256 now {checkpoint_sha256(ckpt)}")
     return 0
 
 

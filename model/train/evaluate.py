@@ -20,8 +20,14 @@ from PIL import Image, ImageDraw
 
 from model.abcdef import STEPS, Step
 from model.architecture import GazeXModel
+from model.calibration import (
+    ECE_BINS,
+    ProbabilityCalibration,
+    expected_calibration_error,
+    reliability_bins,
+)
 from model.inference import InferenceEngine, RawOutput
-from model.overlay import PALETTE, overlay
+from model.overlay import PALETTE, load_font, overlay
 from model.predictor import build_result, visited_steps
 from model.result import ModelInfo, SourceImage
 from model.train.batching import key_fixations, report_text
@@ -52,6 +58,8 @@ logger = logging.getLogger(__name__)
 TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("macro_auroc", "Macro AUROC", "{:.3f}"),
     ("macro_f1", "Macro F1", "{:.3f}"),
+    ("mean_ece_raw", "Mean ECE, raw probabilities", "{:.4f}"),
+    ("mean_ece_calibrated", "Mean ECE, calibrated", "{:.4f}"),
     ("grounding_mean_iou", "Grounding mean IoU", "{:.3f}"),
     ("grounding_acc_iou50", "Grounding Acc@IoU0.5", "{:.3f}"),
     ("pointing_game", "Pointing game hit rate", "{:.3f}"),
@@ -117,13 +125,22 @@ def looked_at_steps(sample: GazeSample, output: RawOutput) -> list[Step | None]:
 
 
 def compute_metrics(
-    model: GazeXModel, samples: Sequence[GazeSample], outputs: Sequence[RawOutput]
+    model: GazeXModel,
+    samples: Sequence[GazeSample],
+    outputs: Sequence[RawOutput],
+    calibration: ProbabilityCalibration | None = None,
 ) -> dict[str, Any]:
-    """All metrics of the issue for one model on ``samples`` (outputs in the same order)."""
+    """All metrics of the issue for one model on ``samples`` (outputs in the same order).
+
+    Expected calibration error (:data:`model.calibration.ECE_BINS` equal-width bins) per
+    finding of the raw probabilities and, with ``calibration``, of the calibrated ones (NaN
+    without). F1 uses the raw probabilities against the thresholds tuned on them (the same
+    decisions as the calibrated ones against the mapped thresholds)."""
     settings = model.settings
     keys = settings.finding_keys
     thresholds = settings.thresholds or (0.5,) * len(keys)
     probs = np.stack([o.probabilities for o in outputs])
+    calibrated = calibration.calibrate(probs) if calibration is not None else None
     per_finding: dict[str, dict[str, float]] = {}
     for i, key in enumerate(keys):
         y = np.array([bool(s.labels.get(key, False)) for s in samples])
@@ -131,6 +148,10 @@ def compute_metrics(
             "auroc": auroc(y, probs[:, i]),
             "f1": f1_score(y, probs[:, i] >= thresholds[i]),
             "positives": float(y.sum()),
+            "ece_raw": expected_calibration_error(y, probs[:, i]),
+            "ece_calibrated": float("nan")
+            if calibrated is None
+            else expected_calibration_error(y, calibrated[:, i]),
         }
     ious: list[float] = []
     hits: list[bool] = []
@@ -200,6 +221,9 @@ def compute_metrics(
         "per_finding": per_finding,
         "macro_auroc": _nanmean([v["auroc"] for v in per_finding.values()]),
         "macro_f1": _nanmean([v["f1"] for v in per_finding.values() if v["positives"] > 0]),
+        "mean_ece_raw": _nanmean([v["ece_raw"] for v in per_finding.values()]),
+        "mean_ece_calibrated": _nanmean([v["ece_calibrated"] for v in per_finding.values()]),
+        "ece_bins": ECE_BINS,
         "grounding_mean_iou": _nanmean(ious),
         "grounding_acc_iou50": _nanmean([float(v >= 0.5) for v in ious]),
         "pointing_game": _nanmean([float(h) for h in hits]),
@@ -247,10 +271,14 @@ def format_table(columns: dict[str, dict[str, Any]]) -> str:
 
 
 def format_per_finding(metrics: dict[str, Any]) -> str:
-    lines = [f"{'finding':26}{'AUROC':>8}{'F1':>8}{'pos':>6}"]
+    lines = [f"{'finding':26}{'AUROC':>8}{'F1':>8}{'pos':>6}{'ECE raw':>9}{'ECE cal':>9}"]
     for key, v in metrics["per_finding"].items():
         auc = "n/a" if math.isnan(v["auroc"]) else f"{v['auroc']:.3f}"
-        lines.append(f"{key:26}{auc:>8}{v['f1']:>8.3f}{int(v['positives']):>6}")
+        eces = "".join(
+            ("n/a" if math.isnan(v.get(k, math.nan)) else f"{v[k]:.4f}").rjust(9)
+            for k in ("ece_raw", "ece_calibrated")
+        )
+        lines.append(f"{key:26}{auc:>8}{v['f1']:>8.3f}{int(v['positives']):>6}{eces}")
     return "\n".join(lines)
 
 
@@ -285,6 +313,103 @@ def roc_plot(
     canvas.save(path)
 
 
+RAW_COLOUR = (150, 150, 150)
+CALIBRATED_COLOUR = (31, 119, 180)
+
+
+def reliability_plot(
+    curves: Mapping[str, tuple[npt.NDArray[np.bool_], npt.NDArray[Any], npt.NDArray[Any] | None]],
+    path: Path,
+    *,
+    bins: int = ECE_BINS,
+    note: str = "",
+    panel: int = 250,
+    columns: int = 4,
+) -> None:
+    """Reliability diagrams, one panel per finding: fraction positive against mean predicted
+    probability in ``bins`` equal-width bins (marker area by count), raw probabilities in
+    grey and calibrated ones in blue, the diagonal dashed, the ECE of each in the title.
+
+    ``curves``: finding -> (labels, raw probabilities, calibrated probabilities or None)."""
+    names = list(curves)
+    rows = max(1, math.ceil(len(names) / columns))
+    head, foot = 64, 44
+    width, height = columns * panel, head + rows * panel + foot
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    title_font, font, small = load_font(16, bold=True), load_font(12), load_font(10)
+    draw.text(
+        (12, 8),
+        f"Reliability diagrams per finding ({bins} equal-width bins)",
+        fill="black",
+        font=title_font,
+    )
+    legend_y = 36
+    for i, (label, colour) in enumerate(
+        (
+            ("raw probabilities", RAW_COLOUR),
+            ("calibrated (temperature per finding)", CALIBRATED_COLOUR),
+        )
+    ):
+        x = 12 + i * 200
+        draw.ellipse((x, legend_y + 2, x + 10, legend_y + 12), fill=colour)
+        draw.text((x + 16, legend_y), label, fill="black", font=font)
+    x = 12 + 2 * 200 + 60
+    draw.line((x, legend_y + 7, x + 24, legend_y + 7), fill=(190, 190, 190), width=1)
+    draw.text((x + 30, legend_y), "perfect calibration", fill="black", font=font)
+    left, right, top, bottom = 44, 12, 52, 40
+    span_x, span_y = panel - left - right, panel - top - bottom
+    for n, name in enumerate(names):
+        ox, oy = (n % columns) * panel, head + (n // columns) * panel
+        x0, y0 = ox + left, oy + top
+        x1, y1 = x0 + span_x, y0 + span_y
+
+        def px(p: float, q: float, x0: float = x0, y1: float = y1) -> tuple[float, float]:
+            return (x0 + p * span_x, y1 - q * span_y)
+
+        draw.rectangle((x0, y0, x1, y1), outline="black")
+        for t in (0.0, 0.5, 1.0):
+            tx, _ = px(t, 0)
+            _, ty = px(0, t)
+            draw.line((tx, y1, tx, y1 + 4), fill="black")
+            draw.line((x0 - 4, ty, x0, ty), fill="black")
+            draw.text((tx - 8, y1 + 5), f"{t:g}", fill="black", font=small)
+            draw.text((x0 - 22, ty - 6), f"{t:g}", fill="black", font=small)
+        for k in range(0, 21):  # dashed diagonal
+            if k % 2 == 0:
+                draw.line(
+                    [px(k / 20, k / 20), px((k + 1) / 20, (k + 1) / 20)], fill=(190, 190, 190)
+                )
+        labels, raw, calibrated = curves[name]
+        total = max(len(labels), 1)
+        subtitle = f"ECE raw {expected_calibration_error(labels, raw, bins):.3f}"
+        series = [(raw, RAW_COLOUR)]
+        if calibrated is not None:
+            subtitle += f", calibrated {expected_calibration_error(labels, calibrated, bins):.3f}"
+            series.append((calibrated, CALIBRATED_COLOUR))
+        draw.text((ox + 8, oy + 4), name.replace("_", " "), fill="black", font=title_font)
+        draw.text((ox + 8, oy + 24), subtitle, fill="black", font=font)
+        for probabilities, colour in series:
+            points = reliability_bins(labels, probabilities, bins)
+            xy = [px(p, q) for p, q, _ in points]
+            if len(xy) > 1:
+                draw.line(xy, fill=colour, width=1)
+            for (cx, cy), (_, _, count) in zip(xy, points, strict=True):
+                r = 2.0 + 7.0 * math.sqrt(count / total)
+                draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=colour, width=2)
+        draw.text(
+            (x0 + span_x / 2 - 62, y1 + 18), "mean predicted probability", fill="black", font=small
+        )
+        draw.text((ox + 2, y0 - 14), "fraction positive", fill="black", font=small)
+    draw.text(
+        (12, height - foot + 8),
+        "Research use only: synthetic films, not for clinical use. " + note,
+        fill=(160, 0, 0),
+        font=font,
+    )
+    canvas.save(path)
+
+
 def write_outputs(
     model: GazeXModel,
     samples: Sequence[GazeSample],
@@ -292,8 +417,10 @@ def write_outputs(
     metrics: dict[str, Any],
     out_dir: Path,
     cases: int = 3,
+    calibration: ProbabilityCalibration | None = None,
 ) -> None:
-    """metrics.json, roc.png and trajectory overlays for the first ``cases`` samples."""
+    """metrics.json, roc.png, reliability.png and trajectory overlays for the first
+    ``cases`` samples."""
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=1))
     probs = np.stack([o.probabilities for o in outputs])
@@ -304,12 +431,25 @@ def write_outputs(
             fpr, tpr = roc_curve(y, probs[:, i])
             curves[key] = (fpr, tpr, metrics["per_finding"][key]["auroc"])
     roc_plot(curves, out_dir / "roc.png")
+    calibrated = calibration.calibrate(probs) if calibration is not None else None
+    reliability_plot(
+        {
+            key: (
+                np.array([bool(s.labels.get(key, False)) for s in samples]),
+                probs[:, i],
+                None if calibrated is None else calibrated[:, i],
+            )
+            for i, key in enumerate(model.settings.finding_keys)
+        },
+        out_dir / "reliability.png",
+        note=f"{len(samples)} films; marker area: films in the bin; lines join non-empty bins.",
+    )
     info = ModelInfo(model.settings.name, model.settings.version, "", True)
     for s, o in list(zip(samples, outputs, strict=True))[:cases]:
         source = SourceImage(
             "1.2.3", "1.2.3.4", "1.2.3.4.5", "1.2.840.10008.5.1.4.1.1.1.1", s.height, s.width
         )
-        result = build_result(o, source, model, info)
+        result = build_result(o, source, model, info, calibration=calibration)
         reference = [(f.x, f.y) for f in s.on_image_fixations()]
         overlay(s.image, result, reference).save(out_dir / f"trajectory_{s.sample_id}.png")
 
@@ -332,15 +472,18 @@ def evaluate(
     out_dir: Path | None,
     device: torch.device,
     progress: Progress | None = None,
+    calibration: ProbabilityCalibration | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``model`` on ``samples`` (written to ``out_dir`` when given), with
     ``training_overlap``: how many of the films the checkpoint trained on, and the warning.
+    ``calibration``: the checkpoint's probability calibration (ECE after it, reliability
+    diagram, calibrated probabilities in the overlays).
 
     ``progress`` advances by one per film.
     """
     outputs = run_model(model, samples, device, progress)
-    metrics = compute_metrics(model, samples, outputs)
+    metrics = compute_metrics(model, samples, outputs, calibration)
     metrics["training_overlap"] = training_overlap(model.settings.training_data, samples).to_json()
     if out_dir is not None:
-        write_outputs(model, samples, outputs, metrics, out_dir)
+        write_outputs(model, samples, outputs, metrics, out_dir, calibration=calibration)
     return metrics

@@ -23,12 +23,15 @@ import torch
 
 from model.abcdef import STEPS
 from model.architecture import (
+    SETTINGS_FILE,
     GazeXModel,
     GazeXSettings,
     ModelSize,
     configure_threads,
     select_device,
 )
+from model.calibration import CALIBRATION_FILE, ProbabilityCalibration, fit_calibration
+from model.domain import GATE_FILE, MIN_FILMS, DomainGate, fit_gate
 from model.imaging import ImageInput, prepare_image
 from model.tokenizer import TextCodec, train_tokenizer
 from model.train.batching import (
@@ -42,7 +45,7 @@ from model.train.batching import (
 from model.train.gazedata.sample import GazeSample
 from model.train.losses import compute_losses
 from model.train.progress import Progress
-from model.train.provenance import training_record
+from model.train.provenance import film_id, training_record
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +211,11 @@ def train(
 
     The checkpoint's settings record the films it was trained on (``training_data``,
     :func:`model.train.provenance.training_record`, threshold films included), so that
-    ``gazex eval`` can tell when test films overlap them. ``progress`` is a bar shared with
+    ``gazex eval`` can tell when test films overlap them. After the last epoch the finding
+    thresholds and the probability calibration (:mod:`model.calibration`) are fitted on
+    ``val_samples`` (held out of the gradient updates), and the domain
+    gate (:mod:`model.domain`) is fitted on all those films and written beside the weights
+    (:func:`calibrate_domain_gate`). ``progress`` is a bar shared with
     the caller (``gazex eval --ablation``), advanced by :func:`work_units` of this run;
     without one, ``config.progress`` decides whether the run draws its own.
     """
@@ -235,7 +242,11 @@ def train(
         logger.info("resuming from epoch %d", start_epoch)
     else:
         model = build_model(train_samples, settings, config, backbone)
-    model.settings = replace(model.settings, training_data=record)
+    # The gate of an earlier run in ``out_dir`` does not describe these weights: the last
+    # epoch fits a new one.
+    model.settings = replace(
+        model.settings, training_data=record, domain_gate="", probability_calibration=""
+    )
     settings = model.settings
     model.to(dev)
     prepared = prepare_samples(train_samples, settings)
@@ -314,11 +325,24 @@ def train(
             " ".join(f"{k}={v:.4f}" for k, v in means.items() if k not in ("epoch",)),
         )
         if epoch + 1 == total_epochs and val_samples:
-            bar.stage("calibrating thresholds")
+            bar.stage("calibrating thresholds and probabilities")
+            probs, labels = held_out_probabilities(model, val_samples, dev, on_batch=bar.update)
+            calibration = fit_calibration(model.settings.finding_keys, probs, labels)
+            calibration.save(out_dir)
             model.settings = replace(
                 model.settings,
-                thresholds=calibrate_thresholds(model, val_samples, dev, on_batch=bar.update),
+                thresholds=thresholds_from(probs, labels),
+                probability_calibration=CALIBRATION_FILE,
             )
+        if epoch + 1 == total_epochs:
+            bar.stage("fitting the domain gate")
+            val_prepared = prepare_samples(val_samples, settings)
+            gate = calibrate_domain_gate(
+                model, [*prepared, *val_prepared], dev, on_batch=bar.update
+            )
+            if gate is not None:
+                gate.save(out_dir)
+                model.settings = replace(model.settings, domain_gate=GATE_FILE)
         model.save(out_dir)
         torch.save(
             {
@@ -342,9 +366,10 @@ def train(
 
 def work_units(train_count: int, val_count: int, config: TrainConfig) -> int:
     """What :func:`train` advances a progress bar by: one per training batch of every
-    epoch, one per threshold film."""
+    epoch, one per threshold film, one per film of the domain gate."""
     steps_per_epoch = math.ceil(train_count / config.batch_size)
-    return (config.gaze_epochs + config.multitask_epochs) * steps_per_epoch + val_count
+    gate = train_count + val_count if train_count + val_count >= MIN_FILMS else 0
+    return (config.gaze_epochs + config.multitask_epochs) * steps_per_epoch + val_count + gate
 
 
 def _config_key(config: TrainConfig, settings: GazeXSettings) -> dict[str, Any]:
@@ -389,16 +414,85 @@ def calibrate_thresholds(
     on_batch: Callable[[int], object] | None = None,
 ) -> tuple[float, ...]:
     """Per-finding thresholds maximising F1 on held-out samples (:func:`f1_threshold`)."""
+    return thresholds_from(*held_out_probabilities(model, samples, device, on_batch))
+
+
+def held_out_probabilities(
+    model: GazeXModel,
+    samples: Sequence[GazeSample],
+    device: torch.device,
+    on_batch: Callable[[int], object] | None = None,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Raw finding probabilities (n, F) of ``samples`` and their labels (n, F), in the
+    order of ``model.settings.finding_keys``."""
     from model.inference import InferenceEngine
 
     engine = InferenceEngine(model, device)
     outputs = engine.run([s.image for s in samples], generate_text=False, on_batch=on_batch)
-    probs = np.stack([o.probabilities for o in outputs])
-    thresholds = []
-    for i, key in enumerate(model.settings.finding_keys):
-        y = np.array([bool(s.labels.get(key, False)) for s in samples])
-        thresholds.append(f1_threshold(y, probs[:, i]))
-    return tuple(thresholds)
+    probs = np.stack([o.probabilities for o in outputs]).astype(np.float64)
+    labels = np.array(
+        [[bool(s.labels.get(key, False)) for key in model.settings.finding_keys] for s in samples],
+        dtype=bool,
+    ).reshape(len(samples), len(model.settings.finding_keys))
+    return probs, labels
+
+
+def thresholds_from(
+    probabilities: npt.NDArray[np.float64], labels: npt.NDArray[np.bool_]
+) -> tuple[float, ...]:
+    """:func:`f1_threshold` of each finding (column)."""
+    return tuple(
+        f1_threshold(labels[:, i], probabilities[:, i]) for i in range(probabilities.shape[1])
+    )
+
+
+def write_probability_calibration(directory: Path, calibration: ProbabilityCalibration) -> None:
+    """Add ``calibration`` to the checkpoint in ``directory`` and name it in ``gazex.json``;
+    the weights are not rewritten."""
+    settings = GazeXSettings.from_json((directory / SETTINGS_FILE).read_text())
+    calibration.save(directory)
+    settings = replace(settings, probability_calibration=CALIBRATION_FILE)
+    (directory / SETTINGS_FILE).write_text(settings.to_json())
+
+
+def calibrate_domain_gate(
+    model: GazeXModel,
+    prepared: Sequence[Prepared],
+    device: torch.device,
+    on_batch: Callable[[int], object] | None = None,
+) -> DomainGate | None:
+    """The domain gate (:mod:`model.domain`) fitted on the training films' features, each
+    film once (several readings of one film share its pixels); None, with a warning, when
+    fewer than :data:`model.domain.MIN_FILMS` films leave nothing to calibrate on."""
+    from model.inference import InferenceEngine
+
+    films: dict[str, ImageInput] = {}
+    for p in prepared:
+        films.setdefault(film_id(p.sample), p.image)
+    if len(films) < MIN_FILMS:
+        logger.warning(
+            "domain gate not fitted: %d training films, at least %d needed; results of this "
+            "checkpoint will say the domain was not checked",
+            len(films),
+            MIN_FILMS,
+        )
+        if on_batch is not None and len(prepared) >= MIN_FILMS:
+            on_batch(len(prepared))  # work_units counted them (readings, not films)
+        return None
+    engine = InferenceEngine(model, device)
+    features = engine.image_features(list(films.values()), on_batch=on_batch)
+    if on_batch is not None and len(films) < len(prepared):
+        on_batch(len(prepared) - len(films))
+    return fit_gate(features)
+
+
+def write_domain_gate(directory: Path, gate: DomainGate) -> None:
+    """Add ``gate`` to the checkpoint in ``directory`` and name it in ``gazex.json``; the
+    weights are not rewritten (their bytes, and so their hash, stay as they were)."""
+    settings = GazeXSettings.from_json((directory / SETTINGS_FILE).read_text())
+    gate.save(directory)
+    settings = replace(settings, domain_gate=GATE_FILE)
+    (directory / SETTINGS_FILE).write_text(settings.to_json())
 
 
 def f1_threshold(labels: npt.NDArray[np.bool_], probabilities: npt.NDArray[Any]) -> float:

@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 
 from model.abcdef import STEPS
 from model.geometry import PatchGrid
-from model.predictor import Predictor
-from model.result import InferenceResult
+from model.predictor import Predictor, finding_mask
+from model.result import Box, InferenceResult
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +41,41 @@ def _check_source_space(result: InferenceResult, predictor: Predictor) -> None:
             assert 0 <= finding.box.y0 < finding.box.y1 <= rows
         if finding.mask is not None:
             assert finding.mask.shape == (rows, columns)
+            assert finding.box is not None and finding.mask.any()
+            assert not (finding.mask & ~_overlapped(finding.box, rows, columns)).any()
     assert tuple(step for step, _ in result.coverage) == STEPS
     assert result.attention is not None and float(result.attention.max()) <= 1.0
     assert InferenceResult.from_json(result.to_json()).trajectory == result.trajectory
+
+
+def _overlapped(box: Box, rows: int, columns: int) -> np.ndarray:
+    """The source pixels a box overlaps (as the SEG's box segment has them)."""
+    inside = np.zeros((rows, columns), dtype=bool)
+    r0, c0 = min(int(box.y0), rows - 1), min(int(box.x0), columns - 1)
+    inside[r0 : max(int(np.ceil(box.y1)), r0 + 1), c0 : max(int(np.ceil(box.x1)), c0 + 1)] = True
+    return inside
+
+
+def test_finding_mask_is_smooth_and_lies_within_its_box() -> None:
+    """A finding's mask is the token mask interpolated to source pixels and cut to the box:
+    no pixel outside the box, round edges inside it (not a token-sized block), and None
+    when the model's mask does not reach into the box (the SEG then uses the box)."""
+    grid = PatchGrid(Rows=160, Columns=120, grid_h=8, grid_w=6)  # 20 x 20 px tokens
+    probabilities = np.zeros((8, 6), dtype=np.float32)
+    probabilities[2:4, 1:3] = 1.0  # a 2 x 2 token blob: rows 40-80, columns 20-60
+    box = Box(30.0, 50.0, 100.0, 150.0)  # overlaps the blob's lower-right part only
+    mask = finding_mask(grid, probabilities, box)
+    assert mask is not None and mask.shape == (160, 120)
+    assert not (mask & ~_overlapped(box, 160, 120)).any()
+    rows, columns = np.nonzero(mask)
+    assert rows.min() >= 50 and columns.min() >= 30
+    # Bilinear between token centres: half-way from the blob's last centre (row 70, column
+    # 50) to the next (row 90, column 70), so the mask ends near row 80 and column 60.
+    assert 78 <= rows.max() <= 81 and 58 <= columns.max() <= 61
+    assert mask[50:71, 30:51].all() and not mask[78, 58]  # full inside, a rounded corner
+    elsewhere = np.zeros((8, 6), dtype=np.float32)
+    elsewhere[0, 5] = 1.0  # the top-right token, far from the box
+    assert finding_mask(grid, elsewhere, box) is None
 
 
 @pytest.mark.parametrize(
