@@ -92,6 +92,9 @@ def call_with_timeout(func: Callable[[], T], timeout: float, name: str) -> T:
     return result[0]
 
 
+DOMAIN_VERDICTS = ("in_domain", "out_of_domain", "not_checked")
+
+
 class Metrics:
     """The metrics of one process, in their own registry."""
 
@@ -138,6 +141,13 @@ class Metrics:
             buckets=MODEL_BUCKETS,
             registry=self.registry,
         )
+        self.domain_verdicts = Counter(
+            "gazex_domain_verdicts",
+            "Films analysed, by the domain gate's verdict (in_domain, out_of_domain, "
+            "not_checked: a checkpoint without a gate).",
+            ["verdict"],
+            registry=self.registry,
+        )
         self.model_info = Gauge(
             "gazex_model_info",
             "The model version loaded by this process (value 1).",
@@ -146,6 +156,8 @@ class Metrics:
         )
         for outcome in ("accepted", "rejected", "aborted", "released"):
             self.associations.labels(outcome=outcome)
+        for verdict in DOMAIN_VERDICTS:
+            self.domain_verdicts.labels(verdict=verdict)
 
     # -- helpers the node and the workers call ---------------------------------------
 
@@ -155,6 +167,11 @@ class Metrics:
     def instance_received(self, size: int) -> None:
         self.instances_received.inc()
         self.bytes_received.inc(size)
+
+    def domain_verdict(self, out_of_domain: bool | None) -> None:
+        """Count one analysed film by its domain verdict (None: not checked)."""
+        verdict = {None: "not_checked", True: "out_of_domain", False: "in_domain"}[out_of_domain]
+        self.domain_verdicts.labels(verdict=verdict).inc()
 
     def stage_reached(
         self, stage: Stage, first_received_at: datetime, now: datetime | None = None

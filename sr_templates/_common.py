@@ -7,8 +7,8 @@ from typing import TypedDict
 
 from pydicom.dataset import Dataset
 
-from model.result import Finding, InferenceResult
-from sr_templates import uids
+from model.result import Finding, InferenceResult, ModelInfo
+from sr_templates import content, uids
 from sr_templates.enum import ObjectKindValues
 
 
@@ -52,6 +52,23 @@ def series(result: InferenceResult, kind: ObjectKindValues, revision: int) -> Se
         "instance_number": ids.InstanceNumber,
         "series_description": kind.series_description,
     }
+
+
+def content_description(model: ModelInfo) -> str:
+    """ContentDescription (LO, at most 64 characters) of the SEG and the attention map: the
+    overlay notice, shortened where needed so that it still ends in NOT FOR CLINICAL USE."""
+    trained = model.trained_on_synthetic_data
+    for notice in (
+        content.short_notice(model),
+        f"AI {model.name} {model.version}" + (", synthetic-data model" if trained else ""),
+        f"AI {model.name}" + (", synthetic-data model" if trained else ""),
+        "AI model" + (", trained on synthetic data" if trained else ""),
+    ):
+        if not notice.endswith("NOT FOR CLINICAL USE"):
+            notice += ": NOT FOR CLINICAL USE"
+        if len(notice) <= 64:
+            return notice
+    return "AI: NOT FOR CLINICAL USE"
 
 
 def ordered_findings(result: InferenceResult) -> list[Finding]:

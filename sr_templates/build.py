@@ -1,5 +1,5 @@
-"""Every result object of one analysed image, built by the pure builders of ``sr``, ``seg``
-and ``gsps``, and their encoding as DICOM Part 10.
+"""Every result object of one analysed image, built by the pure builders of ``sr``, ``seg``,
+``pm`` and ``gsps``, and their encoding as DICOM Part 10.
 
 No I/O here: each builder returns a highdicom dataset (or ``None`` when the result has
 nothing for that object) that the caller writes or sends. Every object lands in the source
@@ -20,7 +20,8 @@ from pydicom.dataset import Dataset
 from model.result import InferenceResult
 from sr_templates.enum import ObjectKindValues
 from sr_templates.gsps import build_gsps
-from sr_templates.seg import build_attention_segmentation, build_segmentation
+from sr_templates.pm import build_attention_map
+from sr_templates.seg import build_segmentation
 from sr_templates.sr import build_findings_sr, build_trajectory_sr
 
 #: The builder of each kind, in series order.
@@ -28,7 +29,7 @@ BUILDERS: dict[ObjectKindValues, Callable[[InferenceResult, Dataset, int], Datas
     ObjectKindValues.FINDINGS_SR: build_findings_sr,
     ObjectKindValues.TRAJECTORY_SR: build_trajectory_sr,
     ObjectKindValues.SEGMENTATION: build_segmentation,
-    ObjectKindValues.ATTENTION_SEGMENTATION: build_attention_segmentation,
+    ObjectKindValues.ATTENTION_MAP: build_attention_map,
     ObjectKindValues.GSPS: build_gsps,
 }
 

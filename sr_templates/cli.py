@@ -26,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add this package's subcommands to the ``gazex`` parser."""
     parser = subparsers.add_parser(
         "render",
-        help="write the SR, SEG and GSPS objects of a saved result",
+        help="write the SR, SEG, attention map and GSPS objects of a saved result",
         description="Build the DICOM result objects (findings SR, trajectory SR, SEG, "
-        "attention SEG, GSPS) from a saved result JSON and its source image, and write "
+        "attention map, GSPS) from a saved result JSON and its source image, and write "
         "them to a folder. Research use only.",
     )
     parser.add_argument("--result", required=True, type=Path, metavar="RESULT.json")

@@ -39,7 +39,6 @@ def _gazex(value: str, meaning: str) -> Code:
 
 # -- DICOM (DCM) -------------------------------------------------------------------------
 IMAGING_MEASUREMENT_REPORT = Code("126000", "DCM", "Imaging Measurement Report")
-CERTAINTY_OF_FINDING = Code("111012", "DCM", "Certainty of Finding")
 PRESENCE_OF_PROPERTY = Code("121052", "DCM", "Presence of property")
 FINDING = Code("121071", "DCM", "Finding")
 IMPRESSION = Code("121073", "DCM", "Impression")
@@ -77,6 +76,7 @@ PLEURA = Code("3120008", "SCT", "Pleura")
 ABDOMEN = Code("818981001", "SCT", "Abdomen")
 SPINE = Code("421060004", "SCT", "Spine")
 CLAVICLE = Code("51299004", "SCT", "Clavicle")
+CHEST = Code("816094009", "SCT", "Chest")
 
 # -- UCUM --------------------------------------------------------------------------------
 PERCENT = Code("%", "UCUM", "Percent")
@@ -87,6 +87,9 @@ NO_UNITS = Code("1", "UCUM", "no units")
 # -- 99GAZEX (private) -------------------------------------------------------------------
 GAZE_FIXATION = _gazex("FIX", "Model gaze fixation")
 FIXATION_ORDER = _gazex("FIXORDER", "Fixation order")
+#: On the first fixation at a point, the order of each fixation there (itself included): the
+#: label lines OHIF draws, one per visit, so repeated visits read as a list, not a pile.
+FIXATION_VISIT = _gazex("FIXVISIT", "Fixation")
 FIXATION_ONSET = _gazex("FIXONSET", "Fixation onset")
 FIXATION_DWELL = _gazex("FIXDWELL", "Fixation dwell time")
 GAZE_PATCH_INDEX = _gazex("PATCH", "Gaze token image patch index")
@@ -95,9 +98,25 @@ ABCDEF_STEP = _gazex("STEP", "ABCDEF review step")
 STEP_NOT_INSPECTED = _gazex("NOTINSPECTED", "ABCDEF step not inspected by the model")
 CHEST_IMAGENOME_REGION = _gazex("REGION", "Chest ImaGenome region")
 INTENDED_USE = _gazex("INTENDEDUSE", "Intended use statement")
+DOMAIN_CHECK = _gazex("DOMAIN", "Training domain check")
+IN_DOMAIN = _gazex("INDOMAIN", "Within the training domain")
+OUT_OF_DOMAIN = _gazex("OUTOFDOMAIN", "Outside the training domain")
+DOMAIN_SCORE = _gazex("DOMAINSCORE", "Domain distance score")
+DOMAIN_THRESHOLD = _gazex("DOMAINLIMIT", "Domain distance threshold")
+DOMAIN_NOTICE = _gazex("DOMAINNOTICE", "Out of domain notice")
+#: A finding's presence on a film outside the training domain: the model's output is kept
+#: (its probability), but no decision is claimed.
+NOT_ASSESSED = _gazex("NOTASSESSED", "Not assessed: film outside the training domain")
 
 STEP_CODES: dict[Step, Code] = {step: _gazex(f"STEP-{step.value}", step.title) for step in Step}
 STEP_BY_CODE_VALUE: dict[str, Step] = {code.value: step for step, code in STEP_CODES.items()}
+
+#: A fixation visit's unit: UCUM's dimensionless 1 with the step letter as its annotation
+#: ("{B}" is a valid UCUM unit, equal to 1). OHIF draws a NUM as "meaning: value unit", so
+#: a visit's label line reads "Fixation: 3.00 {B}".
+STEP_UNITS: dict[Step, Code] = {
+    step: Code(f"{{{step.value}}}", "UCUM", f"step {step.value}") for step in Step
+}
 
 
 @dataclass(frozen=True)
@@ -149,6 +168,13 @@ REGION_CODES: dict[str, RegionCodes] = {
 }
 
 REGION_BY_CODE_VALUE: dict[str, str] = {c.region.value: name for name, c in REGION_CODES.items()}
+
+
+def finding_probability(code: ModelCode) -> Code:
+    """The NUM concept of a finding's probability, "<finding> probability" (private: no
+    standard concept names both; OHIF draws a NUM as "meaning: value unit", so the label of
+    a finding's box reads "Nodule probability: 87.00 %")."""
+    return _gazex(f"PROB-{code.value}", f"{code.meaning} probability")
 
 
 def from_model(code: ModelCode) -> Code:

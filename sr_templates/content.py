@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
 from model.abcdef import Step
-from model.result import Box, InferenceResult, ModelInfo
+from model.result import Box, Finding, InferenceResult, ModelInfo
 from sr_templates import codes
 
 
@@ -29,6 +29,39 @@ def intended_use_statement(model: ModelInfo) -> str:
         f"Generated automatically by {model.name} {model.version} (research software). "
         f"{trained}Not for clinical use: not a diagnosis, not reviewed by a radiologist."
     )
+
+
+def domain_evaluations(
+    result: InferenceResult,
+) -> list[hd.sr.CodeContentItem | hd.sr.TextContentItem]:
+    """The domain gate's verdict, first among the report-level evaluations: a CODE "Training
+    domain check = Within | Outside the training domain" with the score and threshold as
+    properties, and out of domain the plain notice as TEXT. Nothing when not checked."""
+    domain = result.domain
+    if domain is None:
+        return []
+    properties = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
+    verdict = hd.sr.CodeContentItem(
+        name=codes.DOMAIN_CHECK,
+        value=codes.IN_DOMAIN if domain.in_domain else codes.OUT_OF_DOMAIN,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    verdict.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.NumContentItem(
+                name=name, value=value, unit=codes.NO_UNITS, relationship_type=properties
+            )
+            for name, value in (
+                (codes.DOMAIN_SCORE, round(domain.score, 4)),
+                (codes.DOMAIN_THRESHOLD, round(domain.threshold, 4)),
+            )
+        ]
+    )
+    notice = result.domain_notice()
+    items: list[hd.sr.CodeContentItem | hd.sr.TextContentItem] = [verdict]
+    if notice:
+        items.append(text(codes.DOMAIN_NOTICE, notice))
+    return items
 
 
 def short_notice(model: ModelInfo) -> str:
@@ -125,16 +158,22 @@ def presence_evaluation(present: bool) -> hd.sr.QualitativeEvaluation:
     )
 
 
-def probability_measurement(probability: float) -> hd.sr.Measurement:
-    """The probability as a NUM in percent: what OHIF shows next to the tracking identifier
-    (the group's TID 4019 names the algorithm that produced it)."""
+def probability_measurement(finding: Finding) -> hd.sr.Measurement:
+    """The finding's probability as a NUM in percent named "<finding> probability", with its
+    Finding Site nested in the NUM (TID 300) rather than beside it: OHIF draws every NUM and
+    Finding Site at the top of a group as a label line, the site as "363698007: Lung"."""
     return hd.sr.Measurement(
-        name=codes.CERTAINTY_OF_FINDING, value=round(100.0 * probability, 4), unit=codes.PERCENT
+        name=codes.finding_probability(finding.code),
+        value=round(100.0 * finding.probability, 4),
+        unit=codes.PERCENT,
+        finding_sites=finding_sites(finding.region) or None,
     )
 
 
-def number(name: Code, value: float, unit: Code) -> hd.sr.Measurement:
-    return hd.sr.Measurement(name=name, value=value, unit=unit)
+def number(
+    name: Code, value: float, unit: Code, finding_sites: list[hd.sr.FindingSite] | None = None
+) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=value, unit=unit, finding_sites=finding_sites or None)
 
 
 def text(name: Code, value: str) -> hd.sr.TextContentItem:

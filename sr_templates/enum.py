@@ -15,7 +15,7 @@ class ObjectKindValues(StrEnum):
     FINDINGS_SR = "findings-sr"
     TRAJECTORY_SR = "trajectory-sr"
     SEGMENTATION = "seg-binary"
-    ATTENTION_SEGMENTATION = "seg-attention"
+    ATTENTION_MAP = "pm-attention"
     GSPS = "gsps"
 
     @property
@@ -37,7 +37,7 @@ _SERIES_NUMBERS: dict[ObjectKindValues, int] = {
     ObjectKindValues.FINDINGS_SR: 9901,
     ObjectKindValues.TRAJECTORY_SR: 9902,
     ObjectKindValues.SEGMENTATION: 9903,
-    ObjectKindValues.ATTENTION_SEGMENTATION: 9904,
+    ObjectKindValues.ATTENTION_MAP: 9904,
     ObjectKindValues.GSPS: 9905,
 }
 
@@ -45,7 +45,7 @@ _SERIES_DESCRIPTIONS: dict[ObjectKindValues, str] = {
     ObjectKindValues.FINDINGS_SR: "AI GazeX findings SR (research use only)",
     ObjectKindValues.TRAJECTORY_SR: "AI GazeX inspection trajectory SR (research use only)",
     ObjectKindValues.SEGMENTATION: "AI GazeX finding segmentation (research use only)",
-    ObjectKindValues.ATTENTION_SEGMENTATION: "AI GazeX attention map SEG (research use only)",
+    ObjectKindValues.ATTENTION_MAP: "AI GazeX attention map (research use only)",
     ObjectKindValues.GSPS: "AI GazeX overlay GSPS (research use only)",
 }
 

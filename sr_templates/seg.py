@@ -1,13 +1,15 @@
-"""The Segmentations of a result: a BINARY SEG of the grounded findings and a FRACTIONAL
-(probability) SEG of the attention map, each pixel-aligned with the source image in its own
-series."""
+"""The Segmentation of a result: a BINARY SEG of the grounded findings, pixel-aligned with
+the source image, in its own series (the attention map is a Parametric Map: see ``pm``).
+
+OHIF does not display FRACTIONAL SEG ("Fractional segmentations are not yet supported"),
+which is why the attention map is not a SEG. The plane geometry viewers need comes from
+``_geometry``."""
 
 from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian
@@ -16,46 +18,39 @@ from model.findings import FINDINGS_BY_KEY
 from model.result import Finding, InferenceResult
 from sr_templates import codes, content, uids
 from sr_templates._common import (
-    Equipment,
-    Series,
+    content_description,
     copy_image_attributes,
     equipment,
     ordered_findings,
     series,
 )
+from sr_templates._geometry import plane_geometry
 from sr_templates.enum import ObjectKindValues
 
-_MAX_FRACTIONAL_VALUE = 255
-
-
-class _SegmentationCommon(Series, Equipment):
-    source_images: list[Dataset]
-    content_description: str
-    transfer_syntax_uid: str
-    omit_empty_frames: bool
+#: Display colours of the segments (sRGB), by segment number from 1, then repeated: OHIF
+#: otherwise picks its own and says so in a warning.
+SEGMENT_RGB: tuple[tuple[int, int, int], ...] = (
+    (255, 80, 80),
+    (60, 200, 90),
+    (70, 140, 255),
+    (255, 190, 40),
+    (200, 90, 230),
+    (0, 210, 210),
+    (255, 130, 200),
+    (170, 220, 60),
+)
 
 
 def grounded_findings(result: InferenceResult) -> list[Finding]:
-    """Present findings with a box or a mask: the ones that get a segment and a GSPS box."""
+    """Present findings with a box or a mask: the ones that get a segment. None on a film
+    outside the training domain: no finding is drawn there as if the model knew."""
+    if result.out_of_domain:
+        return []
     return [
         f
         for f in ordered_findings(result)
         if f.present and (f.box is not None or f.mask is not None)
     ]
-
-
-def attention_map(result: InferenceResult) -> npt.NDArray[np.float32] | None:
-    """The attention map resampled (bilinear) to the source image size, in [0, 1]."""
-    if result.attention is None:
-        return None
-    rows, columns = result.source.Rows, result.source.Columns
-    attention = np.asarray(result.attention, dtype=np.float32)
-    if attention.shape != (rows, columns):
-        image = Image.fromarray(attention).resize(
-            (columns, rows), resample=Image.Resampling.BILINEAR
-        )
-        attention = np.asarray(image, dtype=np.float32)
-    return np.clip(attention, 0.0, 1.0)
 
 
 def build_segmentation(
@@ -92,70 +87,31 @@ def build_segmentation(
                 tracking_uid=uids.tracking_uid(result, finding.key),
                 tracking_id=finding.code.meaning[:64],
                 anatomic_regions=_anatomy(finding.region),
+                display_color=hd.color.CIELabColor.from_rgb(
+                    *SEGMENT_RGB[(number - 1) % len(SEGMENT_RGB)]
+                ),
             )
         )
     # Segment-major in memory, (1, rows, columns, segments) as a view: highdicom's overlap
     # check and per-segment reads then run over contiguous planes (3x faster at 2048^2).
     pixel_array = np.moveaxis(np.stack(masks).astype(np.uint8), 0, -1)[np.newaxis]
+    geometry = plane_geometry(result, source)
     seg = hd.seg.Segmentation(
+        source_images=[geometry.source],
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         content_label="GAZEX_FINDINGS",
-        **_segmentation_common(result, source, ObjectKindValues.SEGMENTATION, revision),
-    )
-    _finish_segmentation(seg, source)
-    return seg
-
-
-def build_attention_segmentation(
-    result: InferenceResult, source: Dataset, revision: int = 1
-) -> hd.seg.Segmentation | None:
-    """FRACTIONAL (probability) SEG of the attention map; ``None`` when the result has none."""
-    content.check_source(result, source)
-    attention = attention_map(result)
-    if attention is None:
-        return None
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Model attention",
-        segmented_property_category=codes.SPATIAL_AND_RELATIONAL_CONCEPT,
-        segmented_property_type=codes.SALIENCY,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=_algorithm_sequence(result),
-        tracking_uid=uids.tracking_uid(result, "attention"),
-        tracking_id="Model attention",
-    )
-    # highdicom checks a float array's values with np.unique, a sort of every pixel (0.2 s
-    # of a study's 0.5 s of building at 2048^2), and the map is in [0, 1] already. So the
-    # SEG is built around an empty frame and its one frame is then filled the way
-    # highdicom fills it: round(value * MaximumFractionalValue), 8 bits per pixel.
-    seg = hd.seg.Segmentation(
-        pixel_array=np.zeros((1, *attention.shape), dtype=np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        max_fractional_value=_MAX_FRACTIONAL_VALUE,
-        segment_descriptions=[description],
-        content_label="GAZEX_ATTENTION",
-        **_segmentation_common(result, source, ObjectKindValues.ATTENTION_SEGMENTATION, revision),
-    )
-    frame = np.around(attention * float(_MAX_FRACTIONAL_VALUE)).astype(np.uint8).tobytes()
-    seg.PixelData = frame + b"\0" * (len(frame) % 2)  # even length, as DICOM requires
-    _finish_segmentation(seg, source)
-    return seg
-
-
-def _segmentation_common(
-    result: InferenceResult, source: Dataset, kind: ObjectKindValues, revision: int
-) -> _SegmentationCommon:
-    return {
-        "source_images": [source],
-        **series(result, kind, revision),
+        content_description=content_description(result.model),
+        pixel_measures=geometry.pixel_measures,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        omit_empty_frames=False,
+        **series(result, ObjectKindValues.SEGMENTATION, revision),
         **equipment(result),
-        "content_description": content.short_notice(result.model)[:64],
-        "transfer_syntax_uid": ExplicitVRLittleEndian,
-        "omit_empty_frames": False,
-    }
+    )
+    # highdicom leaves PatientOrientation out (a dciodvfy error): the image's directions.
+    copy_image_attributes(seg, source, "PatientOrientation")
+    return seg
 
 
 def _algorithm_sequence(result: InferenceResult) -> hd.AlgorithmIdentificationSequence:
@@ -171,19 +127,3 @@ def _anatomy(region: str | None) -> list[Code] | None:
     if region is None or region not in codes.REGION_CODES:
         return None
     return [codes.REGION_CODES[region].anatomy]
-
-
-def _finish_segmentation(seg: hd.seg.Segmentation, source: Dataset) -> None:
-    """What highdicom's SEG needs for a projection radiograph.
-
-    - PatientOrientation is copied from the image (highdicom leaves it out; dciodvfy error).
-    - The shared Pixel Measures item is removed when the image has no frame of reference:
-      highdicom writes it from PixelSpacing without SliceThickness, and its own reader then
-      refuses the SEG; the macro is not required there (dciodvfy agrees), and the SEG is
-      pixel-aligned with the referenced image, whose spacing stays in that image.
-    """
-    copy_image_attributes(seg, source, "PatientOrientation")
-    if "FrameOfReferenceUID" not in source:
-        shared = seg.SharedFunctionalGroupsSequence[0]
-        if "PixelMeasuresSequence" in shared:
-            del shared.PixelMeasuresSequence

@@ -21,17 +21,21 @@ from sr_templates.enum import ObjectKindValues
 def build_findings_sr(
     result: InferenceResult, source: Dataset, revision: int = 1
 ) -> hd.sr.Comprehensive3DSR:
-    """The findings SR: Comprehensive 3D SR, TID 1500 with one group per finding, the ABCDEF
-    report, skipped steps and the intended-use statement (see ``templates``)."""
+    """The findings SR: Comprehensive 3D SR, TID 1500 with one TID 1410 group per finding
+    that has a box; the domain verdict, every other finding, the ABCDEF report, skipped
+    steps and the intended-use statement as report-level evaluations (see ``templates``).
+    On a film outside the training domain nothing is drawn: every finding is a "Not
+    assessed" evaluation after the out-of-domain notice."""
     content.check_source(result, source)
     algorithm_id = templates.algorithm_identification(result.model)
+    findings = ordered_findings(result)
     groups = [
-        templates.finding_group(result, f, source, algorithm_id) for f in ordered_findings(result)
+        templates.finding_group(result, f, source, algorithm_id)
+        for f in findings
+        if f.present and f.box is not None and not result.out_of_domain
     ]
-    if not groups:
-        groups = [_no_finding_group(result, source, algorithm_id)]
     report = templates.measurement_report(
-        result.model, groups, source, templates.report_evaluations(result)
+        result.model, groups, source, templates.report_evaluations(result, findings)
     )
     return _document(result, source, ObjectKindValues.FINDINGS_SR, revision, report)
 
@@ -45,14 +49,18 @@ def build_trajectory_sr(
     if not result.trajectory:
         return None
     algorithm_id = templates.algorithm_identification(result.model)
+    visits = templates.visits_at_first_fixations(result)
     groups: list[templates.MeasurementGroup] = [
-        templates.fixation_group(result, number, fixation, source, algorithm_id)
-        for number, fixation in enumerate(result.trajectory, start=1)
+        templates.fixation_group(result, number, visits[number], source, algorithm_id)
+        for number in range(1, len(result.trajectory) + 1)
     ]
     if len(result.trajectory) >= 2:
         groups.append(templates.path_group(result, source, algorithm_id))
     report = templates.measurement_report(
-        result.model, groups, source, templates.coverage_evaluations(result)
+        result.model,
+        groups,
+        source,
+        [*content.domain_evaluations(result), *templates.coverage_evaluations(result)],
     )
     return _document(result, source, ObjectKindValues.TRAJECTORY_SR, revision, report)
 
@@ -106,26 +114,3 @@ def _predecessor(result: InferenceResult, kind: ObjectKindValues, revision: int)
     ds.SOPInstanceUID = ids.SOPInstanceUID
     ds.SOPClassUID = Comprehensive3DSRStorage
     return ds
-
-
-def _no_finding_group(
-    result: InferenceResult, source: Dataset, algorithm_id: hd.sr.AlgorithmIdentification
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group saying the model reported no finding label at all (TID 1500 needs one
-    group at least)."""
-    group = hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=uids.tracking_uid(result, "no-finding"), identifier="No finding reported"
-        ),
-        algorithm_id=algorithm_id,
-        source_images=[
-            hd.sr.SourceImageForMeasurementGroup(
-                referenced_sop_class_uid=source.SOPClassUID,
-                referenced_sop_instance_uid=source.SOPInstanceUID,
-            )
-        ],
-    )
-    group[0].ContentSequence.append(
-        content.text(codes.FINDING, "The model reported no finding for this image.")
-    )
-    return group

@@ -6,16 +6,18 @@ both TID 1500 documents; they differ in their measurement groups.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import cast
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.sr.coding import Code
 
 from model.findings import FINDINGS_BY_KEY
-from model.result import Finding, Fixation, InferenceResult, ModelInfo
+from model.result import Finding, InferenceResult, ModelInfo
 from sr_templates import codes, content, uids
 
 MeasurementGroup = (
@@ -23,6 +25,8 @@ MeasurementGroup = (
     | hd.sr.MeasurementsAndQualitativeEvaluations
 )
 EvaluationItem = hd.sr.TextContentItem | hd.sr.CodeContentItem
+
+NO_FINDING_TEXT = "The model reported no finding for this image."
 
 
 def algorithm_identification(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
@@ -57,76 +61,128 @@ def finding_group(
     finding: Finding,
     ds: Dataset,
     algorithm_id: hd.sr.AlgorithmIdentification,
-) -> MeasurementGroup:
-    """One finding as a measurement group.
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """A present finding with a box as a TID 1410 "Planar ROI Measurements and Qualitative
+    Evaluations" group whose closed POLYLINE is SELECTED FROM the source image.
 
-    A present finding with a box is a TID 1410 "Planar ROI Measurements and Qualitative
-    Evaluations" group whose closed POLYLINE is SELECTED FROM the source image; any other
-    finding (image-level, or absent) is a TID 1501 "Measurement and Qualitative Evaluation
-    Group" that names the source image. Both carry the tracking identifier (the finding's
-    name, which OHIF lists) and UID, the finding code, its presence, the probability as a
-    NUM in percent, the finding site, the ABCDEF step and the report sentence.
+    It carries the tracking identifier (the finding's name, which OHIF's panel lists) and
+    UID, the finding code, its presence, one NUM "<finding> probability" in percent (with
+    the finding site nested in it), the ABCDEF step, the region and the report sentence.
+    OHIF draws the box labelled with that NUM, "Nodule probability: 87.00 %". Findings
+    without a box are report-level evaluations (``finding_evaluation``): OHIF crashes on a
+    measurement group without a SCOORD.
     """
-    finding_type = FINDINGS_BY_KEY.get(finding.key)
-    category = (
-        codes.PHYSICAL_OBJECT
-        if finding_type is not None and finding_type.device
-        else codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE
-    )
-    kwargs: dict[str, Any] = {
-        "tracking_identifier": hd.sr.TrackingIdentifier(
+    if not finding.present or finding.box is None:
+        raise ValueError(f"{finding.key} has no box to draw: it is a report-level evaluation")
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.tracking_uid(result, finding.key), identifier=finding.code.meaning
         ),
-        "finding_type": codes.from_model(finding.code),
-        "finding_category": category,
-        "algorithm_id": algorithm_id,
-        "finding_sites": content.finding_sites(finding.region),
-        "measurements": [content.probability_measurement(finding.probability)],
-        "qualitative_evaluations": [
+        referenced_region=content.image_region(
+            hd.sr.GraphicTypeValues.POLYLINE, content.box_polyline(finding.box), ds
+        ),
+        finding_type=codes.from_model(finding.code),
+        finding_category=_category(finding),
+        algorithm_id=algorithm_id,
+        measurements=[content.probability_measurement(finding)],
+        qualitative_evaluations=[
             content.presence_evaluation(finding.present),
             content.step_evaluation(finding.step),
             *content.region_evaluation(finding.region),
         ],
-    }
-    group: MeasurementGroup
-    if finding.present and finding.box is not None:
-        group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            referenced_region=content.image_region(
-                hd.sr.GraphicTypeValues.POLYLINE, content.box_polyline(finding.box), ds
-            ),
-            **kwargs,
-        )
-    else:
-        group = hd.sr.MeasurementsAndQualitativeEvaluations(
-            source_images=[
-                hd.sr.SourceImageForMeasurementGroup(
-                    referenced_sop_class_uid=ds.SOPClassUID,
-                    referenced_sop_instance_uid=ds.SOPInstanceUID,
-                )
-            ],
-            **kwargs,
-        )
+    )
     if finding.sentence.strip():
         group[0].ContentSequence.append(content.text(codes.FINDING, finding.sentence))
     return group
 
 
+def finding_evaluation(finding: Finding, assessed: bool = True) -> hd.sr.CodeContentItem:
+    """A finding without a box (absent, or present for the whole image) as a report-level
+    CODE "<finding> = Present | Absent" with HAS PROPERTIES its probability (NUM, percent),
+    ABCDEF step, region and report sentence. On a film outside the training domain
+    (``assessed`` False) every finding is "Not assessed", its probability kept as output."""
+    presence = codes.PRESENT if finding.present else codes.ABSENT
+    item = hd.sr.CodeContentItem(
+        name=codes.from_model(finding.code),
+        value=presence if assessed else codes.NOT_ASSESSED,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )
+    properties = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
+    children: list[hd.sr.ContentItem] = [
+        hd.sr.NumContentItem(
+            name=codes.finding_probability(finding.code),
+            value=round(100.0 * finding.probability, 4),
+            unit=codes.PERCENT,
+            relationship_type=properties,
+        ),
+        hd.sr.CodeContentItem(
+            name=codes.ABCDEF_STEP,
+            value=codes.STEP_CODES[finding.step],
+            relationship_type=properties,
+        ),
+    ]
+    if finding.region in codes.REGION_CODES:
+        children.append(
+            hd.sr.CodeContentItem(
+                name=codes.CHEST_IMAGENOME_REGION,
+                value=codes.REGION_CODES[finding.region].region,
+                relationship_type=properties,
+            )
+        )
+    if finding.sentence.strip():
+        children.append(
+            hd.sr.TextContentItem(
+                name=codes.FINDING, value=finding.sentence, relationship_type=properties
+            )
+        )
+    item.ContentSequence = hd.sr.ContentSequence(children)
+    return item
+
+
+def _category(finding: Finding) -> Code:
+    finding_type = FINDINGS_BY_KEY.get(finding.key)
+    if finding_type is not None and finding_type.device:
+        return codes.PHYSICAL_OBJECT
+    return codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE
+
+
+def visits_at_first_fixations(result: InferenceResult) -> dict[int, list[int]]:
+    """Fixation number -> the numbers of every fixation at its point, for the first
+    fixation at each point (1-based, in order); later ones at the same point map to []."""
+    first_at: dict[tuple[float, float], int] = {}
+    visits: dict[int, list[int]] = {}
+    for number, fixation in enumerate(result.trajectory, start=1):
+        point = (round(fixation.x, 1), round(fixation.y, 1))
+        first = first_at.setdefault(point, number)
+        visits.setdefault(first, []).append(number)
+        visits.setdefault(number, [])
+    return visits
+
+
 def fixation_group(
     result: InferenceResult,
     number: int,
-    fixation: Fixation,
+    visits: Sequence[int],
     ds: Dataset,
     algorithm_id: hd.sr.AlgorithmIdentification,
 ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """TID 1410 "Planar ROI Measurements and Qualitative Evaluations" for fixation ``number``.
 
-    A CIRCLE centred on the fixation (geometric purpose (111010, DCM, "Center")), its order,
-    onset (s) and dwell (ms) as NUMs (TCOORD is not allowed against images here), the
-    gaze-token patch index, the ABCDEF step and the Chest ImaGenome region.
+    A CIRCLE centred on the fixation (geometric purpose (111010, DCM, "Center")). Its finding
+    type, (FIX, 99GAZEX, "Model gaze fixation"), HAS PROPERTIES the fixation's order, onset
+    (s), dwell (ms) and gaze-token patch index as NUMs (TCOORD is not allowed against images
+    here); then the ABCDEF step and Chest ImaGenome region as evaluations.
+
+    OHIF draws each NUM at the top of a group as a label line beside its shape, and repeated
+    fixations share a point: so only the first fixation at a point has NUMs at the top, one
+    "Fixation" per visit there (``visits``, see ``visits_at_first_fixations``) in the unit
+    "{<step letter>}", with the finding site nested (TID 300): the lines "Fixation: 2.00 {A}"
+    and "Fixation: 5.00 {B}" stack in one box instead of piling up.
     """
+    fixation = result.trajectory[number - 1]
     rows, columns = result.source.Rows, result.source.Columns
     radius = content.fixation_radius(rows, columns)
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.tracking_uid(result, f"fixation-{number}"),
             identifier=f"Fixation {number}",
@@ -139,18 +195,35 @@ def fixation_group(
         geometric_purpose=codes.CENTER,
         finding_type=codes.GAZE_FIXATION,
         algorithm_id=algorithm_id,
-        finding_sites=content.finding_sites(fixation.region),
         measurements=[
-            content.number(codes.FIXATION_ORDER, number, codes.NO_UNITS),
-            content.number(codes.FIXATION_ONSET, fixation.start_ms / 1000.0, codes.SECOND),
-            content.number(codes.FIXATION_DWELL, fixation.duration_ms, codes.MILLISECOND),
-            content.number(codes.GAZE_PATCH_INDEX, fixation.patch_index, codes.NO_UNITS),
-        ],
+            content.number(
+                codes.FIXATION_VISIT,
+                visit,
+                codes.STEP_UNITS[result.trajectory[visit - 1].step],
+                finding_sites=content.finding_sites(result.trajectory[visit - 1].region),
+            )
+            for visit in visits
+        ]
+        or None,
         qualitative_evaluations=[
             content.step_evaluation(fixation.step),
             *content.region_evaluation(fixation.region),
         ],
     )
+    [finding_type] = [item for item in group[0].ContentSequence if item.name == codes.FINDING]
+    properties = hd.sr.RelationshipTypeValues.HAS_PROPERTIES
+    finding_type.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.NumContentItem(name=name, value=value, unit=unit, relationship_type=properties)
+            for name, value, unit in (
+                (codes.FIXATION_ORDER, number, codes.NO_UNITS),
+                (codes.FIXATION_ONSET, fixation.start_ms / 1000.0, codes.SECOND),
+                (codes.FIXATION_DWELL, fixation.duration_ms, codes.MILLISECOND),
+                (codes.GAZE_PATCH_INDEX, fixation.patch_index, codes.NO_UNITS),
+            )
+        ]
+    )
+    return group
 
 
 def path_group(
@@ -170,10 +243,23 @@ def path_group(
     )
 
 
-def report_evaluations(result: InferenceResult) -> list[EvaluationItem]:
-    """The findings SR's report-level evaluations: the ABCDEF sections and the impression
-    as TEXT, each step the trajectory skipped as "not inspected", and the intended use."""
+def report_evaluations(
+    result: InferenceResult, findings: Sequence[Finding]
+) -> list[EvaluationItem]:
+    """The findings SR's report-level evaluations: each finding without a box (see
+    ``finding_evaluation``), the ABCDEF sections and the impression as TEXT, each step the
+    trajectory skipped as "not inspected", and the intended use."""
     items: list[EvaluationItem] = [
+        *content.domain_evaluations(result),
+        *(
+            finding_evaluation(f, assessed=not result.out_of_domain)
+            for f in findings
+            if result.out_of_domain or not (f.present and f.box is not None)
+        ),
+    ]
+    if not findings:
+        items.append(content.text(codes.FINDING, NO_FINDING_TEXT))
+    items += [
         content.text(codes.STEP_CODES[section.step], section.text)
         for section in result.report.sections
         if section.text.strip()
@@ -218,18 +304,19 @@ class _ImageLibraryEntryDescriptors(hd.sr.ImageLibraryEntryDescriptors):
                     relationship_type=acquisition,
                 ),
             ]
-        spacing = dataset.get("ImagerPixelSpacing") or []
-        if len(spacing) == 2:
+        spacing = [float(v) for v in dataset.get("ImagerPixelSpacing") or []]
+        # Only a real spacing: quirky films carry 0\0, and a 0 mm pixel misleads viewers.
+        if len(spacing) == 2 and all(math.isfinite(v) and v > 0 for v in spacing):
             items += [
                 hd.sr.NumContentItem(
                     name=dcm_codes.DCM.HorizontalPixelSpacing,
-                    value=float(spacing[1]),
+                    value=spacing[1],
                     unit=dcm_codes.UCUM.Millimeter,
                     relationship_type=acquisition,
                 ),
                 hd.sr.NumContentItem(
                     name=dcm_codes.DCM.VerticalPixelSpacing,
-                    value=float(spacing[0]),
+                    value=spacing[0],
                     unit=dcm_codes.UCUM.Millimeter,
                     relationship_type=acquisition,
                 ),
@@ -269,6 +356,8 @@ def measurement_report(
 ) -> hd.sr.MeasurementReport:
     """TID 1500 "Measurement Report", titled (126000, DCM, "Imaging Measurement Report").
 
+    ``groups`` may be empty: the report then has no "Imaging Measurements" container.
+
     Language (TID 1204), observation context with the device observer (TID 1001),
     procedure reported (399208008, SCT, "Plain X-ray of chest"), the Image Library
     (TID 1600, built here: see ``image_library``) holding the source image, the
@@ -276,16 +365,23 @@ def measurement_report(
     in the (C0034375, UMLS, "Qualitative Evaluations") container that TID 1500 provides for
     them (highdicom has no argument for it, so it is appended here).
     """
+    # highdicom asks for one group at least; TID 1500 does not (a film with no finding that
+    # has a box has none), so a placeholder group stands in and its container goes.
+    placeholder = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=ds.SOPInstanceUID, identifier="-")
+    )
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(model),
         procedure_reported=codes.PLAIN_CHEST_XRAY,
-        imaging_measurements=list(groups),
+        imaging_measurements=list(groups) or [placeholder],
         title=codes.IMAGING_MEASUREMENT_REPORT,
     )
     items = report[0].ContentSequence
     measurements_at = next(
         i for i, item in enumerate(items) if item.name == dcm_codes.DCM.ImagingMeasurements
     )
+    if not groups:
+        del items[measurements_at]
     items.insert(measurements_at, image_library(ds))
     if evaluations:
         container = hd.sr.ContainerContentItem(

@@ -12,6 +12,8 @@ a retried delivery overwrites in the PACS instead of duplicating.
 - tracking: (source study, source image, model name, finding key), stable across versions
   and revisions, so a finding can be tracked across re-analyses; shared by the SR group,
   the SEG segment and the GSPS graphic of the same finding.
+- frame of reference: (source study, source image), the frame that the SEG and the
+  Parametric Map share when the source image has none of its own (see ``_geometry``).
 """
 
 from __future__ import annotations
@@ -78,6 +80,12 @@ def object_uids(result: InferenceResult, kind: ObjectKindValues, revision: int =
 def tracking_uid(result: InferenceResult, key: str) -> UID:
     """Tracking Unique Identifier of finding ``key`` (or of a fixation, ``fixation-<n>``)."""
     return derive_uid(*_source_key(result.source), result.model.name, "tracking", key)
+
+
+def frame_of_reference_uid(result: InferenceResult) -> UID:
+    """Frame of Reference UID of the source image's pixel grid, for the derived images of a
+    source that has no frame of reference (the same for every model and revision)."""
+    return derive_uid(*_source_key(result.source), "frame-of-reference")
 
 
 def device_observer_uid(model: ModelInfo) -> UID:

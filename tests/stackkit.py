@@ -21,7 +21,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, select, text
 
 from dicom_node import db
-from dicom_node.db.models import Study, StudyState
+from dicom_node.db.models import Analysis, Study, StudyState
 from model.train.gazedata.images import write_dicom
 from model.train.gazedata.synth import generate_sample
 from workers.hl7.mllp import MLLPListener
@@ -128,6 +128,19 @@ class Stack:
         finally:
             engine.dispose()
 
+    def analyses(self, study_id: int) -> list[Analysis]:
+        """The study's analyses, oldest first."""
+        engine = db.make_engine(self.database_url)
+        try:
+            with db.make_sessionmaker(engine)() as session:
+                return list(
+                    session.scalars(
+                        select(Analysis).where(Analysis.study_id == study_id).order_by(Analysis.id)
+                    )
+                )
+        finally:
+            engine.dispose()
+
     def wait_state(
         self, StudyInstanceUID: str, states: set[StudyState], timeout: float = 120.0
     ) -> Study:
@@ -178,6 +191,7 @@ def _isolated_database(kind: str, tmp_path: Path) -> tuple[str, Callable[[], Non
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"
+PARAMETRIC_MAP = "1.2.840.10008.5.1.4.1.1.30"
 GSPS = "1.2.840.10008.5.1.4.1.1.11.1"
 
 #: dciodvfy warnings accepted on our objects, each with its reason.
@@ -209,12 +223,13 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 
 def check_results(stack: Stack, sent: list[Path]) -> list[Dataset]:
-    """Results in the destination: two SRs, the findings and attention SEGs and the GSPS
-    in the study, valid, referencing the PA."""
+    """Results in the destination: two SRs, the findings SEG, the attention map and the
+    GSPS in the study, valid, referencing the PA."""
     pa = dcmread(sent[0])
     objects = stack.received(expected=5)
     classes = sorted(str(ds.SOPClassUID) for ds in objects)
-    assert classes.count(SR) == 2 and classes.count(SEG) == 2 and GSPS in classes, classes
+    assert classes.count(SR) == 2 and classes.count(SEG) == 1 and GSPS in classes, classes
+    assert PARAMETRIC_MAP in classes, classes
     assert len({str(ds.SOPInstanceUID) for ds in objects}) == len(objects)
     for ds in objects:
         assert ds.StudyInstanceUID == pa.StudyInstanceUID

@@ -37,6 +37,7 @@ from dicom_node.errors import AnalysisRefused, ModelUnavailable
 from dicom_node.logs import bind
 from dicom_node.peers import PeerInfo
 from dicom_node.spool import Spool, short_hash
+from model.result import InferenceResult
 from workers.builder import EncodedObject
 from workers.context import WorkerContext
 from workers.hl7.messages import control_id
@@ -183,6 +184,7 @@ def _analyze(
             # The study re-opened while we worked: its next revision will be analysed.
             logger.info("re-opened during analysis: results discarded for the next revision")
             return AnalysisOutcome(analysis_id, "superseded")
+        _record_domain(ctx, analysis, result)
         for obj, relative in stored:
             _upsert_output(session, analysis_id, obj, relative)
             for peer in destinations:
@@ -235,6 +237,23 @@ def _analyze(
             lifecycle.NO_DESTINATION,
         )
     return AnalysisOutcome(analysis_id, "analysed", notify)
+
+
+def _record_domain(ctx: WorkerContext, analysis: Analysis, result: InferenceResult) -> None:
+    """The domain gate's verdict on the study record and in the metrics; a warning in the log
+    for a film out of domain (its results say so to the radiologist)."""
+    domain = result.domain
+    analysis.domain_score = None if domain is None else domain.score
+    analysis.out_of_domain = None if domain is None else not domain.in_domain
+    ctx.metrics.domain_verdict(analysis.out_of_domain)
+    if domain is not None and not domain.in_domain:
+        logger.warning(
+            "study %s: film out of the model's training domain (score %.1f > %.1f): its "
+            "results say so",
+            short_hash(result.source.StudyInstanceUID),
+            domain.score,
+            domain.threshold,
+        )
 
 
 def _upsert_output(

@@ -2,7 +2,7 @@
 
 Building the DICOM objects is pure Python (highdicom, pydicom), single-threaded, and on a
 CPU it takes longer than the model. So the analysis process keeps a helper process and
-hands it the trajectory SR and the attention SEG while it builds the findings SR, the SEG
+hands it the trajectory SR and the attention map while it builds the findings SR, the SEG
 and the GSPS itself; the two halves take about as long. The helper only saves time: when
 it is missing, fails or hangs, the analysis process builds its half too.
 
@@ -38,7 +38,7 @@ from sr_templates.enum import ObjectKindValues
 logger = logging.getLogger(__name__)
 
 #: What the helper builds: half of the work, neither half needs the source's pixels.
-HELPER_KINDS = frozenset({ObjectKindValues.TRAJECTORY_SR, ObjectKindValues.ATTENTION_SEGMENTATION})
+HELPER_KINDS = frozenset({ObjectKindValues.TRAJECTORY_SR, ObjectKindValues.ATTENTION_MAP})
 #: Far above a build's second; the analysis task's time limits still apply around it.
 REPLY_TIMEOUT = 120.0
 _PIXEL_DATA = 0x7FE00010

@@ -64,6 +64,8 @@ class StatusReport:
     studies: dict[str, int]
     failures: list[Failure]
     backlog: list[Backlog]
+    #: analyses whose film the model's domain gate found unlike its training films
+    out_of_domain: int = 0
 
     def render(self) -> str:
         lines = ["Studies by state:"]
@@ -75,6 +77,11 @@ class StatusReport:
                 f"  ! {undelivered} analysed study(ies) went to no destination: add the sender "
                 "as one (gazex ae edit NAME --role source,destination) or name destinations "
                 "in the routing rule, then resend"
+            )
+        if self.out_of_domain:
+            lines.append(
+                f"  ! {self.out_of_domain} analysed film(s) were outside the model's training "
+                "domain: their results say so and make no finding call"
             )
         lines.append("Outbox backlog:")
         if not self.backlog:
@@ -101,6 +108,9 @@ def collect(sessions: sessionmaker[Session], limit: int = 10) -> StatusReport:
                 select(Study.state, func.count()).group_by(Study.state)
             )
         }
+        out_of_domain = session.scalar(
+            select(func.count()).select_from(Analysis).where(Analysis.out_of_domain.is_(True))
+        )
         failures: list[Failure] = []
         for analysis, uid in session.execute(
             select(Analysis, Study.StudyInstanceUID)
@@ -158,4 +168,4 @@ def collect(sessions: sessionmaker[Session], limit: int = 10) -> StatusReport:
                     next((r.last_error for r in rows if r.last_error), None),
                 )
             )
-    return StatusReport(counts, failures[:limit], backlog)
+    return StatusReport(counts, failures[:limit], backlog, out_of_domain or 0)

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Integer,
     String,
@@ -167,6 +168,10 @@ class Analysis(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    #: The model's domain gate on the analysed film: its score, and True when the film is
+    #: unlike the training films (its results say so); None: not checked (no gate).
+    domain_score: Mapped[float | None] = mapped_column(Float)
+    out_of_domain: Mapped[bool | None] = mapped_column(Boolean)
 
     study: Mapped[Study] = relationship(back_populates="analyses")
 

@@ -70,3 +70,33 @@ def dcmpschk_reports(cases: dict[str, Case]) -> dict[Path, subprocess.CompletedP
     tool = _require("dcmpschk")
     paths = [path for _, kind, path in all_paths(cases) if kind is ObjectKindValues.GSPS]
     return {p: _run([tool, str(p)]) for p in paths}
+
+
+#: PixelMed's SR validator on JDK 17 stops on the JDK's XPath limits unless they are lifted.
+PIXELMED = [
+    "java",
+    "-Djdk.xml.xpathExprGrpLimit=0",
+    "-Djdk.xml.xpathExprOpLimit=0",
+    "-Djdk.xml.xpathTotalOpLimit=0",
+    "-cp",
+    "/usr/share/java/pixelmed.jar",
+    "com.pixelmed.validate.DicomSRValidator",
+]
+
+
+@pytest.fixture(scope="session")
+def pixelmed_reports(cases: dict[str, Case]) -> dict[Path, subprocess.CompletedProcess[str]]:
+    """PixelMed's ``DicomSRValidator`` (template checks) of every SR but the huge-text case's
+    (one JVM per file, seconds each; the huge text adds time, not structure)."""
+    _require("java")
+    if not Path(PIXELMED[5]).exists():
+        pytest.fail("PixelMed is not installed (scripts/setup --dev installs libpixelmed-java)")
+    paths = [
+        path
+        for name, kind, path in all_paths(cases)
+        if kind in (ObjectKindValues.FINDINGS_SR, ObjectKindValues.TRAJECTORY_SR)
+        and name != "huge_text"
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        runs = list(pool.map(lambda p: _run([*PIXELMED, str(p)]), paths))
+    return dict(zip(paths, runs, strict=True))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ import sr_factories as f
 from pydicom.dataset import Dataset
 
 from model.abcdef import Step
-from model.result import Box, InferenceResult
+from model.result import Box, DomainCheck, InferenceResult
 from sr_templates.build import build_all
 from sr_templates.cli import write_objects
 from sr_templates.enum import ObjectKindValues
@@ -117,6 +117,34 @@ def _cases() -> list[tuple[str, Dataset, InferenceResult, int]]:
     report = f.report({Step.BREATHING: HUGE_SECTION}, impression="Huge report.\nSecond line.")
     findings = (f.finding("pulmonary_edema", 0.77, sentence="Edema | with ^ delimiters & more"),)
     cases.append(("huge_text", ds, f.make_result(ds, findings=findings, report_=report), 1))
+    # A real CR's quirky header: PixelSpacing 0\0 and no ImagerPixelSpacing, MONOCHROME1,
+    # 15 bits stored; a grounded finding with a mask, and an attention map.
+    ds = f.make_source(modality="CR", rows=150, columns=120, photometric="MONOCHROME1", seed=6)
+    ds.PixelSpacing = [0, 0]
+    del ds.ImagerPixelSpacing
+    ds.BitsStored, ds.HighBit = 15, 14
+    ds.PixelData = (np.frombuffer(ds.PixelData, dtype=np.uint16) * 8).astype(np.uint16).tobytes()
+    ds.WindowCenter, ds.WindowWidth = 16384, 32768
+    mask = np.zeros((150, 120), dtype=bool)
+    mask[40:70, 20:50] = True
+    findings = (
+        f.finding("nodule", 0.83, box=Box(20.0, 40.0, 50.0, 70.0), mask=mask),
+        f.finding("pneumothorax", 0.1),
+    )
+    attention = np.linspace(0.0, 1.0, 36, dtype=np.float32).reshape(6, 6)
+    result = f.make_result(ds, findings=findings, attention=attention)
+    cases.append(("cr_zero_spacing", ds, result, 1))
+    # A film the domain gate found unlike the training films: nothing drawn as if known.
+    ds = f.make_source(modality="DX", rows=128, columns=128, seed=7)
+    findings = (
+        f.finding("nodule", 0.91, box=Box(10.0, 12.0, 60.0, 70.0)),
+        f.finding("cardiomegaly", 0.2),
+    )
+    result = replace(
+        f.make_result(ds, findings=findings),
+        domain=DomainCheck(score=80.5, threshold=23.2, in_domain=False, method="test/1"),
+    )
+    cases.append(("out_of_domain", ds, result, 1))
     # A model that output no label and no trajectory at all.
     ds = f.make_source(modality="DX", rows=64, columns=80, seed=5)
     result = f.make_result(ds, findings=(), fixations=(), skipped=tuple(Step))

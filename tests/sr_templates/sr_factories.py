@@ -129,6 +129,8 @@ def make_source(
         anatomy.CodingSchemeDesignator = "SCT"
         anatomy.CodeMeaning = "Chest"
         ds.AnatomicRegionSequence = [anatomy]
+    else:  # a CR gives its plate's spacing, as most do (see the cr_zero_spacing case)
+        ds.ImagerPixelSpacing = [0.15, 0.15]
     return ds
 
 

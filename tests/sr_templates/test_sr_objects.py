@@ -21,9 +21,10 @@ from sr_templates.build import build_all
 from sr_templates.content import box_mask
 from sr_templates.enum import GraphicLayerValues, ObjectKindValues
 from sr_templates.gsps import build_gsps, voi_window
-from sr_templates.seg import attention_map, build_attention_segmentation, grounded_findings
+from sr_templates.pm import attention_map, build_attention_map
+from sr_templates.seg import build_segmentation, grounded_findings
 from sr_templates.sr import build_findings_sr, build_trajectory_sr
-from sr_templates.uids import object_uids
+from sr_templates.uids import frame_of_reference_uid, object_uids
 
 PATIENT_AND_STUDY = (
     "PatientName",
@@ -192,50 +193,97 @@ def object_tracking(case: Case, key: str) -> str:
     return str(tracking_uid(case.result, key))
 
 
-def test_attention_map_is_a_fractional_seg(cases: dict[str, Case]) -> None:
-    """The attention map, resampled to the source size, is a FRACTIONAL probability SEG."""
+def test_attention_map_is_a_float_parametric_map(cases: dict[str, Case]) -> None:
+    """The attention map, resampled to the source size, is a Parametric Map of 32-bit floats
+    in [0, 1] with an identity Real World Value Mapping whose quantity is Saliency, named
+    "Model attention", pixel-aligned with the source and saying it is research output."""
     case = cases["cr_many_findings"]
-    seg = hd.seg.Segmentation.from_dataset(_read(case, ObjectKindValues.ATTENTION_SEGMENTATION))
-    assert seg.SegmentationType == "FRACTIONAL"
-    assert seg.SegmentationFractionalType == "PROBABILITY"
-    pixels = seg.get_pixels_by_source_instance(
-        [case.source.SOPInstanceUID], combine_segments=False, rescale_fractional=True
-    )[0][..., 0]
+    ds = _read(case, ObjectKindValues.ATTENTION_MAP)
+    pm = hd.pm.ParametricMap.from_dataset(ds)
+    assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.30" and "FloatPixelData" in ds
     expected = attention_map(case.result)
-    assert expected is not None and pixels.shape == expected.shape
-    assert np.allclose(pixels, expected, atol=1 / 255 + 1e-6)
+    assert expected is not None and expected.shape == (case.source.Rows, case.source.Columns)
+    pixels = np.frombuffer(ds.FloatPixelData, dtype="<f4").reshape(expected.shape)
+    assert np.array_equal(pixels, expected)
+    assert float(pixels.min()) >= 0.0 and float(pixels.max()) <= 1.0
+    shared = pm.SharedFunctionalGroupsSequence[0]
+    [mapping] = shared.RealWorldValueMappingSequence
+    assert mapping.LUTExplanation == "Model attention" and mapping.LUTLabel == "ATTENTION"
+    assert (mapping.RealWorldValueSlope, mapping.RealWorldValueIntercept) == (1.0, 0.0)
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == codes.NO_UNITS.value
+    [quantity] = mapping.QuantityDefinitionSequence
+    assert quantity.ConceptCodeSequence[0].CodeValue == codes.SALIENCY.value
+    [voi] = shared.FrameVOILUTSequence
+    assert (float(voi.WindowCenter), float(voi.WindowWidth)) == (0.5, 1.0)
+    [anatomy] = shared.FrameAnatomySequence
+    assert anatomy.FrameLaterality == "U"
+    [frame] = pm.PerFrameFunctionalGroupsSequence
+    [derivation] = frame.DerivationImageSequence
+    assert derivation.SourceImageSequence[0].ReferencedSOPInstanceUID == case.source.SOPInstanceUID
+    assert "synthetic" in ds.ContentDescription and "NOT FOR CLINICAL USE" in ds.ContentDescription
+    assert ds.PatientOrientation == case.source.PatientOrientation
 
 
-def test_attention_seg_frame_is_highdicoms_own(cases: dict[str, Case]) -> None:
-    """The attention SEG is built around an empty frame and then filled: its frame holds
-    the bytes highdicom writes from the float map itself (odd pixel count, NULL padding)."""
-    case = cases["cr_many_findings"]
-    assert case.source.Rows * case.source.Columns % 2 == 1
-    fast = build_attention_segmentation(case.result, case.source, 2)
-    expected = attention_map(case.result)
-    assert fast is not None and expected is not None
-    reference = hd.seg.Segmentation(
-        source_images=[case.source],
-        pixel_array=expected[np.newaxis],
-        segmentation_type=hd.seg.SegmentationTypeValues.FRACTIONAL,
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
-        max_fractional_value=255,
-        segment_descriptions=[hd.seg.SegmentDescription.from_dataset(fast.SegmentSequence[0])],
-        series_instance_uid=hd.UID(),
-        series_number=1,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="test",
-        manufacturer_model_name="test",
-        software_versions="0",
-        device_serial_number="0",
-        omit_empty_frames=False,
+@pytest.mark.parametrize(
+    ("name", "spacing"),
+    [
+        ("cr_many_findings", (0.15, 0.15)),
+        ("dx_monochrome1", (0.2, 0.2)),
+        ("cr_zero_spacing", (1.0, 1.0)),
+    ],
+)
+def test_seg_and_map_lie_on_the_pixel_grid_frame_of_the_source(
+    cases: dict[str, Case], name: str, spacing: tuple[float, float]
+) -> None:
+    """A radiograph without patient geometry lends the SEG and the attention map a frame of
+    reference of its pixel grid (the plane viewers assume: orientation (1, 0, 0, 0, 1, 0),
+    position (0, 0, 0)), shared by both; Pixel Measures carry the image's spacing, or a
+    nominal 1 mm where it has none or a header says 0 (never a 0 that puts a viewer's
+    drawing at NaN)."""
+    case = cases[name]
+    assert "FrameOfReferenceUID" not in case.source
+    for kind in (ObjectKindValues.SEGMENTATION, ObjectKindValues.ATTENTION_MAP):
+        if kind not in case.paths:
+            continue
+        ds = _read(case, kind)
+        assert ds.FrameOfReferenceUID == frame_of_reference_uid(case.result)
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        [orientation] = shared.PlaneOrientationSequence
+        assert [float(v) for v in orientation.ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+        [measures] = shared.PixelMeasuresSequence
+        assert tuple(float(v) for v in measures.PixelSpacing) == pytest.approx(spacing)
+        assert float(measures.SliceThickness) > 0
+        for frame in ds.PerFrameFunctionalGroupsSequence:
+            [position] = frame.PlanePositionSequence
+            assert [float(v) for v in position.ImagePositionPatient] == [0, 0, 0]
+            [derivation] = frame.DerivationImageSequence
+            [image] = derivation.SourceImageSequence
+            assert image.ReferencedSOPInstanceUID == case.source.SOPInstanceUID
+
+
+def test_a_source_with_patient_geometry_lends_it_to_the_seg() -> None:
+    """A DX that places itself in a patient frame of reference keeps it: the SEG and the map
+    take its frame, orientation and position (and a usable spacing in place of a zero)."""
+    ds = f.make_source(modality="DX", rows=90, columns=70)
+    ds.FrameOfReferenceUID = "1.2.826.0.1.3680043.8.498.77"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    ds.ImagePositionPatient = [-100.0, 50.0, 200.0]
+    ds.PixelSpacing = [0, 0]
+    result = f.make_result(
+        ds,
+        findings=(f.finding("nodule", 0.9, box=f.Box(10.0, 10.0, 30.0, 40.0)),),
+        attention=np.full((3, 3), 0.5, dtype=np.float32),
     )
-    pixels = case.source.Rows * case.source.Columns
-    assert fast.PixelData[:pixels] == reference.PixelData[:pixels]
-    # OB is padded to even length with a NULL byte (PS3.5 6.2); highdicom 0.28 pads with "0".
-    assert fast.PixelData[pixels:] == b"\x00"
-    assert fast.MaximumFractionalValue == reference.MaximumFractionalValue
+    for built in (build_segmentation(result, ds), build_attention_map(result, ds)):
+        assert built is not None
+        assert built.FrameOfReferenceUID == ds.FrameOfReferenceUID
+        shared = built.SharedFunctionalGroupsSequence[0]
+        orientation = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+        assert [float(v) for v in orientation] == [1, 0, 0, 0, 0, -1]
+        position = built.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence[0]
+        assert [float(v) for v in position.ImagePositionPatient] == [-100.0, 50.0, 200.0]
+        spacing = shared.PixelMeasuresSequence[0].PixelSpacing
+        assert [float(v) for v in spacing] == [0.2, 0.2]  # ImagerPixelSpacing, not the 0
 
 
 def test_gsps_draws_boxes_fixations_path_and_notice(cases: dict[str, Case]) -> None:
@@ -369,3 +417,13 @@ def test_render_command_reports_a_bad_result(
     code = main(["render", "--result", str(bad), "--source", str(image), "--out", str(tmp_path)])
     assert code == 2
     assert "not a gazex.result/1 document" in capsys.readouterr().err
+
+
+def test_building_leaves_the_source_untouched(cases: dict[str, Case]) -> None:
+    """The builders read the source image and never change it (the SEG's plane geometry
+    once rewrote a quirky film's PixelSpacing 0\\0 to the nominal 1\\1 it uses)."""
+    case = cases["cr_zero_spacing"]
+    before = case.source.to_json_dict()
+    build_all(case.result, case.source)
+    assert case.source.to_json_dict() == before
+    assert [float(v) for v in case.source.PixelSpacing] == [0.0, 0.0]

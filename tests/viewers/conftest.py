@@ -26,7 +26,7 @@ from ohifkit import (
     drive,
     missing_tools,
 )
-from result_study import ResultStudy, make_result_study, uids
+from result_study import ResultStudy, make_quirky_study, make_result_study, uids
 
 
 @pytest.fixture(scope="session")
@@ -44,12 +44,24 @@ def result_study(tmp_path_factory: pytest.TempPathFactory) -> ResultStudy:
 
 
 @pytest.fixture(scope="session")
+def quirky_study(
+    result_study: ResultStudy, tmp_path_factory: pytest.TempPathFactory
+) -> ResultStudy:
+    """The film as a CR without pixel spacing, MONOCHROME1, 15 bits, and its objects."""
+    return make_quirky_study(result_study, tmp_path_factory.mktemp("quirky-study"))
+
+
+@pytest.fixture(scope="session")
 def ohif(
-    viewer_tools: None, result_study: ResultStudy, tmp_path_factory: pytest.TempPathFactory
+    viewer_tools: None,
+    result_study: ResultStudy,
+    quirky_study: ResultStudy,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OhifServer]:
-    """Orthanc holding both studies, and OHIF served on the same origin as its DICOMweb."""
+    """Orthanc holding the three studies, and OHIF served on the same origin as its
+    DICOMweb."""
     with Orthanc(tmp_path_factory.mktemp("orthanc")) as orthanc:
-        for path in result_study.files:
+        for path in [*result_study.files, quirky_study.film, *quirky_study.objects.values()]:
             orthanc.upload(path)
         with OhifServer(orthanc) as server:
             yield server
@@ -84,3 +96,15 @@ def result_reports(
     visits = [Visit(kind, *uids(path)) for kind, path in result_study.objects.items()]
     out_dir = tmp_path_factory.mktemp("ohif-results")
     return _drive(ohif, visits, out_dir, "results")
+
+
+@pytest.fixture(scope="session")
+def quirky_reports(
+    ohif: OhifServer, quirky_study: ResultStudy, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, ViewerReport]:
+    """OHIF opened on the quirky CR's study once for its findings SR and once for its SEG
+    (it has no attention map: none is written for a film without pixel spacing)."""
+    kinds = ("findings_sr", "seg_binary")
+    visits = [Visit(kind, *uids(quirky_study.objects[kind])) for kind in kinds]
+    out_dir = tmp_path_factory.mktemp("ohif-quirky")
+    return _drive(ohif, visits, out_dir, "quirky")

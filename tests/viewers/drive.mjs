@@ -92,6 +92,29 @@ function probe() {
     ).length;
   }
 
+  // A coarse signature of what the viewport canvases show, so that settling waits until
+  // the drawing itself stops changing (an overlay can arrive after the network is quiet).
+  let signature = 0;
+  for (const canvas of document.querySelectorAll('canvas.cornerstone-canvas')) {
+    if (!canvas.width || !canvas.height) continue;
+    const ctx = canvas.getContext('2d', { willReadFrequently: true });
+    if (!ctx) continue;
+    const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    for (let i = 0; i < data.length; i += 4 * 101) {
+      signature = (signature * 31 + data[i] + 3 * data[i + 1] + 7 * data[i + 2]) % 1000000007;
+    }
+  }
+  // The segments OHIF holds, by label: a SEG's, from its preview overlay on.
+  let segments = [];
+  try {
+    segments = (services?.segmentationService?.getSegmentations() || []).flatMap(s =>
+      Object.values(s.segments || {})
+        .filter(Boolean)
+        .map(segment => String(segment.label))
+    );
+  } catch {
+    segments = [];
+  }
   const panelItems = [...document.querySelectorAll('[data-cy="data-row"]')].map(text);
   // Toasts as "<type>: title / message"; viewport prompts (hydrate SR/SEG), dialogs, tours.
   const lines = el => (el.innerText || el.textContent || '').split('\n').map(l => l.trim());
@@ -122,6 +145,8 @@ function probe() {
     panelItems,
     notices,
     errorText: /Something went wrong/i.test(body),
+    signature,
+    segments,
   };
 }
 
@@ -156,6 +181,7 @@ async function visit(index, v) {
     shapes: 0,
     labels: [],
     panel_items: [],
+    segment_labels: [],
     notices: [],
     viewport_box: null,
     blocked_requests: [],
@@ -270,6 +296,27 @@ async function visit(index, v) {
       last = key;
     }
     if (quiet >= QUIET_POLLS) report.steps.push('settled');
+    // OHIF 3.13.2 draws a parametric map's colour fusion only at the viewport's next render,
+    // which on a cold first load may never come by itself (a second visit shows it at
+    // once): resize the window by a pixel and back, as a user might, and settle again.
+    const opened = snap?.displaySets.find(d => d.SeriesInstanceUID === v.SeriesInstanceUID);
+    if (opened?.Modality === 'PMAP' && snap.activeSeries.includes(v.SeriesInstanceUID)) {
+      await page.setViewportSize({ width: VIEWPORT.width - 1, height: VIEWPORT.height });
+      await page.waitForTimeout(POLL_MS);
+      await page.setViewportSize(VIEWPORT);
+      report.steps.push('window resized');
+      const again = Math.min(Date.now() + SETTLE_MS, visitDeadline);
+      quiet = 0;
+      while (quiet < QUIET_POLLS && !crashed() && Date.now() < again) {
+        await page.waitForTimeout(POLL_MS);
+        snap = (await look()) || snap;
+        const key = JSON.stringify(snap);
+        quiet = inflight === 0 && key === last ? quiet + 1 : 0;
+        last = key;
+      }
+      report.steps.push(quiet >= QUIET_POLLS ? 'settled' : 'settle: timed out');
+      if (quiet < QUIET_POLLS) report.timed_out = true;
+    }
     if (crashed()) report.steps.push('crashed');
     if (snap) {
       report.rendered = snap.rendered;
@@ -280,6 +327,7 @@ async function visit(index, v) {
       report.shapes = snap.shapes;
       report.labels = snap.labels;
       report.panel_items = snap.panelItems;
+      report.segment_labels = snap.segments;
       report.viewport_box = snap.viewportBox;
       report.error_boundary = report.error_boundary || snap.errorText;
       report.display_sets = snap.displaySets;

@@ -321,6 +321,8 @@ class ViewerReport:
     labels: list[str] = field(default_factory=list)
     #: text of each row in the measurements / segmentation panel
     panel_items: list[str] = field(default_factory=list)
+    #: labels of the segments OHIF holds (a SEG's, from its preview overlay on)
+    segment_labels: list[str] = field(default_factory=list)
     #: OHIF's notices as "<kind>: text": toasts (kind success/info/warning/error), viewport
     #: prompts ("prompt: Do you want to open this Segmentation? / No / Yes"), dialogs, tours
     notices: list[str] = field(default_factory=list)
@@ -460,6 +462,7 @@ def table(reports: Iterable[ViewerReport]) -> str:
             f"blocked_requests={len(r.blocked_requests)}\n"
             f"  errors: {errors}\n  labels: {labels}\n"
             f"  panel: {' | '.join(r.panel_items)[:160] or '-'}\n"
+            f"  segments: {' | '.join(r.segment_labels)[:160] or '-'}\n"
             f"  notices: {' | '.join(r.notices)[:160] or '-'}\n  screenshot: {r.screenshot}"
         )
     return "\n".join(lines)

@@ -11,13 +11,16 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import highdicom as hd
 import pytest
+from highdicom.sr.utils import find_content_items
 from nodekit import free_port, send_raw, storescu, truncated_copy
 from pydicom import dcmread
 from stackkit import Stack, check_results, chest_study
 
 from dicom_node.db.models import StudyState
 from dicom_node.spool import short_hash
+from sr_templates import codes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -185,3 +188,48 @@ def test_an_hl7_notification_that_cannot_be_sent_is_listed_as_failed(
         ).stdout
     failures = status.split("Recent failures:")[1]
     assert "HL7 " in failures and "MLLPTransportError" in failures, status
+
+
+def test_a_film_outside_the_training_domain_is_said_to_be(
+    make_stack: MakeStack, tmp_path: Path
+) -> None:
+    """A chest film unlike the synthetic training films (here one inverted: the domain gate
+    flags every such film) is analysed and delivered, but nothing is reported as if the
+    model knew: the findings SR leads with the coded verdict and the notice, draws no box
+    and assesses no finding; no SEG is sent; the ORU's first note is the notice; the study
+    record, `gazex status` and the metrics count it."""
+    http_port = free_port()
+    stack = make_stack("embedded", http_port=http_port)
+    stack.start("serve", "serve")
+    stack.wait_listening()
+    [film] = chest_study(tmp_path / "study", lateral=False)
+    ds = dcmread(film)
+    ds.PixelData = (ds.pixel_array.max() - ds.pixel_array).astype(ds.pixel_array.dtype).tobytes()
+    ds.save_as(film)
+    assert storescu(stack.port, [film]).returncode == 0
+    study = stack.wait_state(ds.StudyInstanceUID, {StudyState.DONE})
+    [analysis] = stack.analyses(study.id)
+    assert analysis.out_of_domain is True and analysis.domain_score is not None
+    objects = stack.received(4)
+    modalities = sorted(str(o.Modality) for o in objects)
+    assert "SEG" not in modalities, modalities
+    [findings] = [o for o in objects if "findings" in str(o.SeriesDescription)]
+    report = hd.sr.Comprehensive3DSR.from_dataset(findings).content
+    assert report.get_planar_roi_measurement_groups() == []
+    [evaluations] = find_content_items(report[0], name=codes.QUALITATIVE_EVALUATIONS)
+    verdict, notice, *rest = evaluations.ContentSequence
+    assert verdict.value == codes.OUT_OF_DOMAIN
+    assert notice.TextValue.startswith("OUT OF DOMAIN:")
+    assessed = [i for i in rest if i.ValueType == "CODE" and i.name.scheme_designator != "99GAZEX"]
+    assert assessed and all(i.value == codes.NOT_ASSESSED for i in assessed)
+    deadline = time.monotonic() + 30
+    while not stack.listener.received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (message, _), *_ = stack.listener.received
+    assert "NTE|1||OUT OF DOMAIN:" in message
+    gazex = [sys.executable, "-m", "dicom_node.cli", "--config", str(stack.config), "status"]
+    status = subprocess.run(
+        gazex, env=stack.env, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "1 analysed film(s) were outside the model's training domain" in status
+    assert 'gazex_domain_verdicts_total{verdict="out_of_domain"} 1.0' in scrape(http_port + 1)

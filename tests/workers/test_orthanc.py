@@ -101,7 +101,8 @@ def test_orthanc_routes_study_and_receives_results(
             break
         time.sleep(0.5)
     logs = "\n".join((folder / name).read_text(errors="replace")[-3000:] for name in ("node.log",))
-    assert modalities == ["DX", "PR", "SEG", "SEG", "SR", "SR"], logs
+    # OT: the attention map (a Parametric Map, whose Modality highdicom writes as OT)
+    assert modalities == ["DX", "OT", "PR", "SEG", "SR", "SR"], logs
     study = _get(http_port, f"/studies/{study_id}")
     assert isinstance(study, dict)
     assert study["MainDicomTags"]["StudyInstanceUID"] == dcmread(image).StudyInstanceUID

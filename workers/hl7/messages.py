@@ -12,11 +12,15 @@ Layout (one order, every OBX with result status P):
   PID-5 the alphabetic PatientName group, PID-7 birth date, PID-8 sex.
 - ORC  RE, placer/filler order numbers; OBR  universal service (399208008, SCT,
   "Plain X-ray of chest"), OBR-7 study date/time, OBR-18 accession number, OBR-25 P.
-- NTE  the intended-use statement (trained on synthetic data, not for clinical use).
+- NTE  out of domain, the domain gate's notice first; then the intended-use statement
+  (trained on synthetic data, not for clinical use).
 - OBX HD   (110180, DCM, "Study Instance UID"), ``^<uid>^ISO`` (DICOM_OUTPUTS.md).
 - OBX RP   the findings SR: ``<SOP Instance UID>^<application>^Application^DICOM``.
+- OBX CWE  the domain gate's verdict (within / outside the training domain), when checked;
+  out of domain, an OBX TX with its notice.
 - OBX NM   one per finding: OBX-3 the finding code, OBX-5 its probability in %,
-  OBX-8 ``A`` when the model calls it present, ``N`` when absent.
+  OBX-8 ``A`` when the model calls it present, ``N`` when absent (empty out of domain:
+  no call is made on a film unlike the training films).
 - OBX TX   one per ABCDEF section and one for the impression; lines are OBX-5 repetitions.
 - OBX CWE  one per ABCDEF step the trajectory skipped ("not inspected").
 - OBX TX   the intended-use statement.
@@ -165,9 +169,11 @@ def build_oru_r01(
         _pid(patient_result.add_group("ORU_R01_PATIENT").add_segment("PID"), source)
         order = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
         _orc_obr(order, source, _timestamp(moment))
-        nte = order.add_segment("NTE")
-        nte.nte_1 = "1"
-        nte.nte_3 = escape(intended_use_statement(result.model))
+        notes = [result.domain_notice(), intended_use_statement(result.model)]
+        for set_id, note in enumerate((n for n in notes if n), start=1):
+            nte = order.add_segment("NTE")
+            nte.nte_1 = str(set_id)
+            nte.nte_3 = escape(note)
         for set_id, (value_type, identifier, values, flag) in enumerate(
             _observations(result, sending_application, revision), start=1
         ):
@@ -275,13 +281,16 @@ def _observations(
         [f"{escape(str(sr_uid))}^{escape(application)}^Application^DICOM"],
         "",
     )
+    yield from _domain_observations(result)
     for finding in sorted(result.findings, key=lambda f: (not f.present, -f.probability)):
         code = finding.code
+        # Out of domain the model's probability is reported, but no normal/abnormal call.
+        flag = "" if result.out_of_domain else "A" if finding.present else "N"
         yield (
             "NM",
             _coded(code.value, code.meaning, code.scheme),
             [f"{100.0 * finding.probability:.1f}"],
-            "A" if finding.present else "N",
+            flag,
         )
     for section in result.report.sections:
         section_code = codes.STEP_CODES[section.step]
@@ -310,6 +319,29 @@ def _observations(
         _text_lines(intended_use_statement(result.model)),
         "",
     )
+
+
+def _domain_observations(result: InferenceResult) -> Iterator[Observation]:
+    """The domain gate's verdict as a CWE OBX and, out of domain, its notice as TX."""
+    if result.domain is None:
+        return
+    check = codes.DOMAIN_CHECK
+    verdict = codes.IN_DOMAIN if result.domain.in_domain else codes.OUT_OF_DOMAIN
+    yield (
+        "CWE",
+        _coded(check.value, check.meaning, check.scheme_designator),
+        [_coded(verdict.value, verdict.meaning, verdict.scheme_designator)],
+        "",
+    )
+    notice = result.domain_notice()
+    if notice:
+        code = codes.DOMAIN_NOTICE
+        yield (
+            "TX",
+            _coded(code.value, code.meaning, code.scheme_designator),
+            _text_lines(notice),
+            "",
+        )
 
 
 def to_er7(message: Message) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +14,8 @@ from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 
 from model.abcdef import Step
+from model.result import DomainCheck
+from sr_templates import codes
 from sr_templates.content import intended_use_statement
 from sr_templates.enum import ObjectKindValues
 from sr_templates.uids import object_uids
@@ -239,3 +242,32 @@ def test_source_of_another_study_is_refused() -> None:
     with pytest.raises(HL7BuildError):
         build_oru_r01(result, f.make_source(), **f.PARTIES)
     assert issubclass(HL7BuildError, ValueError)
+
+
+@pytest.mark.parametrize("in_domain", [True, False])
+def test_domain_verdict_travels_and_out_of_domain_makes_no_call(in_domain: bool) -> None:
+    """The domain gate's verdict is a CWE OBX; out of domain its notice is the first NTE and
+    a TX OBX, and no finding carries an abnormal flag (A/N): no call is made."""
+    ds = f.make_source()
+    result = dataclasses.replace(
+        f.make_result(ds, findings=f.every_finding()),
+        domain=DomainCheck(
+            score=12.0 if in_domain else 90.0, threshold=40.0, in_domain=in_domain, method="m"
+        ),
+    )
+    message = hl7.parse(_build(ds, result))
+    [verdict] = [o for o in _obx(message) if str(o[3][0][0]) == codes.DOMAIN_CHECK.value]
+    expected = codes.IN_DOMAIN if in_domain else codes.OUT_OF_DOMAIN
+    assert str(verdict[5][0][0]) == expected.value
+    notes = [message.unescape(str(n[3])) for n in message.segments("NTE")]
+    numeric = [o for o in _obx(message) if str(o[2]) == "NM"]
+    notices = [o for o in _obx(message) if str(o[3][0][0]) == codes.DOMAIN_NOTICE.value]
+    if in_domain:
+        assert notes == [intended_use_statement(result.model)]
+        assert notices == []
+        assert {str(o[8]) for o in numeric} == {"A", "N"}
+    else:
+        assert notes[0].startswith("OUT OF DOMAIN:")
+        assert notes[1] == intended_use_statement(result.model)
+        assert " ".join(_text(message, notices[0])) == result.domain_notice()
+        assert {str(o[8]) for o in numeric} == {""}
