@@ -18,6 +18,7 @@ const OPEN_SERIES_MS = 15_000; // double-click on a thumbnail until its series i
 const SETTLE_MS = 15_000; // until the network is quiet and the drawing stops changing
 const QUIET_POLLS = 4; // ... for this many polls in a row
 const POLL_MS = 250;
+const SR_FIRST_DRAW_MS = 5_000; // an SR's annotations, before the window is nudged
 
 // Runs in the page: what is on screen now. OHIF exposes window.services and cornerstone.
 function probe() {
@@ -236,6 +237,14 @@ async function visit(index, v) {
   const visitDeadline = Date.now() + VISIT_MS;
   const notices = new Set(); // every notice seen, as toasts come and go
 
+  // Resize the window by a pixel and back: OHIF renders the viewport again.
+  async function nudge() {
+    await page.setViewportSize({ width: VIEWPORT.width - 1, height: VIEWPORT.height });
+    await page.waitForTimeout(POLL_MS);
+    await page.setViewportSize(VIEWPORT);
+    report.steps.push('window resized');
+  }
+
   async function look() {
     const snap = await page.evaluate(probe).catch(() => null);
     snap?.notices.forEach(n => notices.add(n));
@@ -278,6 +287,22 @@ async function visit(index, v) {
           );
         }
       }
+      // An SR's annotations come some time after its series opens, later under load: a
+      // quiet second can pass before them (seen in CI). And like a parametric map's fusion
+      // (below), OHIF 3.13.2 sometimes draws them only at the viewport's next render: after
+      // a few seconds without them, resize the window by a pixel and back, as a user might.
+      // Every SR under test draws some.
+      if (ds?.Modality === 'SR' && !ds.unsupported && !crashed()) {
+        const first = Math.min(Date.now() + SR_FIRST_DRAW_MS, visitDeadline);
+        while (Date.now() < first && !(snap?.annotations > 0) && !crashed()) {
+          await page.waitForTimeout(POLL_MS);
+          snap = (await look()) || snap;
+        }
+        if (!(snap?.annotations > 0) && !crashed()) {
+          await nudge();
+        }
+        snap = await until('annotations drawn', SETTLE_MS, s => s.annotations > 0);
+      }
     }
     // Settle: network quiet and the drawing unchanged for QUIET_POLLS polls in a row.
     const deadline = Math.min(Date.now() + SETTLE_MS, visitDeadline);
@@ -301,10 +326,7 @@ async function visit(index, v) {
     // once): resize the window by a pixel and back, as a user might, and settle again.
     const opened = snap?.displaySets.find(d => d.SeriesInstanceUID === v.SeriesInstanceUID);
     if (opened?.Modality === 'PMAP' && snap.activeSeries.includes(v.SeriesInstanceUID)) {
-      await page.setViewportSize({ width: VIEWPORT.width - 1, height: VIEWPORT.height });
-      await page.waitForTimeout(POLL_MS);
-      await page.setViewportSize(VIEWPORT);
-      report.steps.push('window resized');
+      await nudge();
       const again = Math.min(Date.now() + SETTLE_MS, visitDeadline);
       quiet = 0;
       while (quiet < QUIET_POLLS && !crashed() && Date.now() < again) {
