@@ -28,8 +28,8 @@ from model.calibration import (
 )
 from model.inference import InferenceEngine, RawOutput
 from model.overlay import PALETTE, load_font, overlay
-from model.predictor import build_result, visited_steps
-from model.result import ModelInfo, SourceImage
+from model.predictor import build_result, finding_mask, visited_steps
+from model.result import Box, ModelInfo, SourceImage
 from model.train.batching import key_fixations, report_text
 from model.train.gazedata.sample import GazeSample
 from model.train.gazedata.supervision import locate_points
@@ -37,10 +37,12 @@ from model.train.metrics import (
     auroc,
     bleu4,
     box_iou,
+    box_pixels,
     cider,
     clinical_efficacy_f1,
     collapse,
     f1_score,
+    mask_iou,
     multimatch,
     normalised_edit_distance,
     order_agreement,
@@ -50,7 +52,7 @@ from model.train.metrics import (
     vqa_accuracy,
 )
 from model.train.progress import Progress
-from model.train.provenance import training_overlap
+from model.train.provenance import film_id, synthetic_seed, training_overlap
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,12 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("grounding_mean_iou", "Grounding mean IoU", "{:.3f}"),
     ("grounding_acc_iou50", "Grounding Acc@IoU0.5", "{:.3f}"),
     ("pointing_game", "Pointing game hit rate", "{:.3f}"),
+    ("mask_mean_iou", "Mask IoU, model's masks", "{:.3f}"),
+    ("masks_scored", "Model's masks scored", "{:.0f}"),
+    ("mask_box_iou", "Mask IoU, box used (no mask)", "{:.3f}"),
+    ("mask_boxes_scored", "Boxes used for lack of a mask", "{:.0f}"),
+    ("mask_seg_iou", "Mask IoU, what the SEG carries", "{:.3f}"),
+    ("mask_in_box", "Mask pixels inside their box", "{:.1%}"),
     ("coverage_normal_full", "ABCDEF coverage 100% (normal films)", "{:.1%}"),
     ("coverage_mean", "ABCDEF steps visited (mean)", "{:.1%}"),
     ("order_kendall_tau", "Order agreement (Kendall tau)", "{:.3f}"),
@@ -124,6 +132,98 @@ def looked_at_steps(sample: GazeSample, output: RawOutput) -> list[Step | None]:
     return [step for _, step in locate_points(sample, points)]
 
 
+def generator_masks(sample: GazeSample) -> Mapping[str, npt.NDArray[np.bool_]] | None:
+    """The synthetic generator's pixel mask of each finding the film shows, or None.
+
+    A sample generated in memory carries them. A film that ``gazex data synth`` wrote (id
+    ``synth-<seed>``) is re-rendered from its seed at its size: the dataset layouts have no
+    place for masks, and the case (anatomy, findings, masks) depends on the seed and size
+    only, not on the reader, so the masks come back bit for bit without a new file format
+    or regenerating the datasets already on disk. The re-rendered boxes must contain the
+    film's own; if they do not (the generator changed since the film was written), None.
+    """
+    if sample.masks is not None:
+        return sample.masks
+    seed = synthetic_seed(film_id(sample))
+    if seed is None:
+        return None
+    from model.train.gazedata.synth import render_case, sample_case
+
+    case = render_case(sample_case(seed), sample.height, sample.width)
+    rendered = {(b.key, b.x0, b.y0, b.x1, b.y1) for b in case.boxes}
+    if not {(b.key, b.x0, b.y0, b.x1, b.y1) for b in sample.boxes} <= rendered:
+        logger.warning(
+            "%s: the generator no longer draws this film's boxes; its masks are not scored",
+            sample.sample_id,
+        )
+        return None
+    return case.masks
+
+
+def mask_metrics(
+    samples: Sequence[GazeSample],
+    outputs: Sequence[RawOutput],
+    keys: Sequence[str],
+    thresholds: Sequence[float],
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """Masks the predictor delivers against the generator's pixel masks.
+
+    Scored: each finding with a box on the film (the findings grounding is scored on) that
+    the film shows and the finding head calls present. The predicted mask is
+    :func:`model.predictor.finding_mask` of the model's mask probabilities inside its
+    predicted box; where it has none, the SEG carries the box's pixels, scored apart
+    (``mask_box_iou``) and together (``mask_seg_iou``). ``mask_in_box``: the share of the
+    model's mask pixels inside their finding's box. Per finding (devices too, which have no
+    box in the layouts and are not in the overall numbers): ``mask_iou`` and ``masks``.
+    """
+    model_ious: list[float] = []
+    box_ious: list[float] = []
+    by_key: dict[str, list[float]] = {key: [] for key in keys}
+    inside = total = 0
+    unscored_films = 0
+    for s, o in zip(samples, outputs, strict=True):
+        present = [
+            i
+            for i, key in enumerate(keys)
+            if s.labels.get(key, False) and o.probabilities[i] >= thresholds[i]
+        ]
+        if not present:
+            continue
+        truth = generator_masks(s)
+        if truth is None:
+            unscored_films += 1
+            continue
+        boxed = {b.key for b in s.boxes}
+        for i in present:
+            key = keys[i]
+            target = truth.get(key)
+            if target is None or not target.any():
+                continue
+            box = Box(*o.grid.denormalise_box(*(float(v) for v in o.boxes[i])))
+            region = box_pixels((box.x0, box.y0, box.x1, box.y1), s.height, s.width)
+            mask = finding_mask(o.grid, o.mask_probs[i], box)
+            if mask is None:
+                iou = mask_iou(region, target)
+            else:
+                iou = mask_iou(mask, target)
+                inside += int((mask & region).sum())
+                total += int(mask.sum())
+            by_key[key].append(iou)
+            if key in boxed:
+                (box_ious if mask is None else model_ious).append(iou)
+    overall = {
+        "mask_mean_iou": _nanmean(model_ious),
+        "masks_scored": len(model_ious),
+        "mask_box_iou": _nanmean(box_ious),
+        "mask_boxes_scored": len(box_ious),
+        "mask_seg_iou": _nanmean(model_ious + box_ious),
+        "mask_in_box": inside / total if total else float("nan"),
+        "mask_films_without_truth": unscored_films,
+    }
+    per_key = {key: {"mask_iou": _nanmean(v), "masks": float(len(v))} for key, v in by_key.items()}
+    return overall, per_key
+
+
 def compute_metrics(
     model: GazeXModel,
     samples: Sequence[GazeSample],
@@ -167,6 +267,9 @@ def compute_metrics(
             ious.append(box_iou(predicted, truth))
             peak = int(np.argmax(o.mask_probs[i]))
             hits.append(pointing_hit(o.grid.patch_centre(peak), truth))
+    masks, masks_per_key = mask_metrics(samples, outputs, keys, thresholds)
+    for key, values in masks_per_key.items():
+        per_finding[key].update(values)
     coverage_full: list[bool] = []
     coverage_fraction: list[float] = []
     taus: list[float] = []
@@ -228,6 +331,7 @@ def compute_metrics(
         "grounding_acc_iou50": _nanmean([float(v >= 0.5) for v in ious]),
         "pointing_game": _nanmean([float(h) for h in hits]),
         "grounded_boxes": len(ious),
+        **masks,
         "coverage_normal_full": _nanmean([float(c) for c in coverage_full]),
         "normal_films": len(coverage_full),
         "coverage_mean": _nanmean(coverage_fraction),
@@ -271,14 +375,24 @@ def format_table(columns: dict[str, dict[str, Any]]) -> str:
 
 
 def format_per_finding(metrics: dict[str, Any]) -> str:
-    lines = [f"{'finding':26}{'AUROC':>8}{'F1':>8}{'pos':>6}{'ECE raw':>9}{'ECE cal':>9}"]
+    """One line per finding: AUROC, F1, positives, ECE raw and calibrated, and the mask IoU
+    of what the SEG carries with the number of masks it averages."""
+    lines = [
+        f"{'finding':26}{'AUROC':>8}{'F1':>8}{'pos':>6}{'ECE raw':>9}{'ECE cal':>9}"
+        f"{'mask IoU':>10}{'masks':>7}"
+    ]
     for key, v in metrics["per_finding"].items():
         auc = "n/a" if math.isnan(v["auroc"]) else f"{v['auroc']:.3f}"
         eces = "".join(
             ("n/a" if math.isnan(v.get(k, math.nan)) else f"{v[k]:.4f}").rjust(9)
             for k in ("ece_raw", "ece_calibrated")
         )
-        lines.append(f"{key:26}{auc:>8}{v['f1']:>8.3f}{int(v['positives']):>6}{eces}")
+        iou = v.get("mask_iou", math.nan)
+        masks = "n/a" if math.isnan(iou) else f"{iou:.3f}"
+        lines.append(
+            f"{key:26}{auc:>8}{v['f1']:>8.3f}{int(v['positives']):>6}{eces}"
+            f"{masks:>10}{int(v.get('masks', 0)):>7}"
+        )
     return "\n".join(lines)
 
 

@@ -77,6 +77,28 @@ def box_iou(a: BoxT, b: BoxT) -> float:
     return 0.0 if union <= 0 else inter / union
 
 
+def mask_iou(predicted: npt.NDArray[np.bool_], truth: npt.NDArray[np.bool_]) -> float:
+    """Intersection over union of two pixel masks of one shape; NaN when both are empty."""
+    if predicted.shape != truth.shape:
+        raise ValueError(f"mask shapes differ: {predicted.shape} and {truth.shape}")
+    a = np.asarray(predicted, dtype=bool)
+    b = np.asarray(truth, dtype=bool)
+    union = int((a | b).sum())
+    return float("nan") if union == 0 else int((a & b).sum()) / union
+
+
+def box_pixels(box: BoxT, rows: int, columns: int) -> npt.NDArray[np.bool_]:
+    """The pixels a box (x0, y0, x1, y1 in source pixels) overlaps, never none: what the SEG
+    carries for a finding without a mask (``sr_templates.content.box_mask``)."""
+    mask = np.zeros((rows, columns), dtype=bool)
+    c0 = min(max(math.floor(box[0]), 0), columns - 1)
+    r0 = min(max(math.floor(box[1]), 0), rows - 1)
+    c1 = min(max(math.ceil(box[2]), c0 + 1), columns)
+    r1 = min(max(math.ceil(box[3]), r0 + 1), rows)
+    mask[r0:r1, c0:c1] = True
+    return mask
+
+
 def pointing_hit(point: tuple[float, float], box: BoxT, tolerance: float = 0.0) -> bool:
     """Pointing game: the model's peak lies inside the box (grown by ``tolerance`` px)."""
     x, y = point

@@ -64,7 +64,7 @@ def test_finding_mask_is_smooth_and_lies_within_its_box() -> None:
     probabilities = np.zeros((8, 6), dtype=np.float32)
     probabilities[2:4, 1:3] = 1.0  # a 2 x 2 token blob: rows 40-80, columns 20-60
     box = Box(30.0, 50.0, 100.0, 150.0)  # overlaps the blob's lower-right part only
-    mask = finding_mask(grid, probabilities, box)
+    mask = finding_mask(grid, probabilities, box, threshold=0.5)
     assert mask is not None and mask.shape == (160, 120)
     assert not (mask & ~_overlapped(box, 160, 120)).any()
     rows, columns = np.nonzero(mask)
@@ -76,6 +76,10 @@ def test_finding_mask_is_smooth_and_lies_within_its_box() -> None:
     elsewhere = np.zeros((8, 6), dtype=np.float32)
     elsewhere[0, 5] = 1.0  # the top-right token, far from the box
     assert finding_mask(grid, elsewhere, box) is None
+    # The shipped threshold (0.25, chosen on training readings) reaches further out: a
+    # quarter of the way from the blob's last centre to the next, near row 85.
+    wider = finding_mask(grid, probabilities, box)
+    assert wider is not None and 83 <= np.nonzero(wider)[0].max() <= 86
 
 
 @pytest.mark.parametrize(

@@ -84,7 +84,9 @@ def test_train_then_eval_from_the_command_line(
     assert code == 0
     printed = capsys.readouterr().out
     assert "Macro AUROC" in printed and "MultiMatch vector" in printed
+    assert "Mask IoU, what the SEG carries" in printed
     metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["mask_films_without_truth"] == 0  # every film's masks re-rendered
     assert metrics["samples"] == 4
     assert 0.0 <= metrics["coverage_mean"] <= 1.0
     assert (report / "roc.png").is_file()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,13 +12,17 @@ import pytest
 from model.abcdef import STEPS, Step
 from model.geometry import PatchGrid
 from model.inference import RawOutput
-from model.train.evaluate import looked_at_steps
+from model.train.datasets import load_split
+from model.train.evaluate import generator_masks, looked_at_steps, mask_metrics
+from model.train.gazedata.mimic_eye import write_mimic_eye
+from model.train.gazedata.sample import LabeledBox
 from model.train.gazedata.supervision import locate_points
 from model.train.gazedata.synth import generate_sample
 from model.train.metrics import (
     auroc,
     bleu4,
     box_iou,
+    box_pixels,
     cider,
     clinical_efficacy_f1,
     collapse,
@@ -24,6 +30,7 @@ from model.train.metrics import (
     extract_findings,
     f1_score,
     kendall_tau,
+    mask_iou,
     multimatch,
     order_agreement,
     pointing_hit,
@@ -122,3 +129,80 @@ def test_order_agreement_follows_where_the_model_looked_not_its_step_labels() ->
     assert order_agreement([STEPS.index(s) for s in looked_at_steps(sample, forward) if s]) == 1.0
     assert order_agreement([STEPS.index(s) for s in looked_at_steps(sample, backward) if s]) == -1.0
     assert math.isnan(order_agreement(one_label))  # the step-head figure was undefined here
+
+
+def test_mask_iou_and_box_pixels_by_hand() -> None:
+    """Mask IoU counts pixels (NaN when both masks are empty); a box's pixels are every
+    pixel it overlaps, as the SEG draws a finding without a mask."""
+    a = np.zeros((4, 4), dtype=bool)
+    b = np.zeros((4, 4), dtype=bool)
+    a[0:2, 0:2] = True  # 4 pixels
+    b[1:3, 1:3] = True  # 4 pixels, 1 shared
+    assert mask_iou(a, b) == pytest.approx(1 / 7)
+    assert mask_iou(a, a) == 1.0
+    assert math.isnan(mask_iou(np.zeros((4, 4), bool), np.zeros((4, 4), bool)))
+    with pytest.raises(ValueError, match="shapes differ"):
+        mask_iou(a, np.zeros((3, 4), dtype=bool))
+    pixels = box_pixels((0.5, 1.0, 2.2, 2.0), rows=4, columns=4)
+    assert np.array_equal(np.argwhere(pixels), [[1, 0], [1, 1], [1, 2]])
+
+
+def test_generator_masks_come_back_from_a_written_films_seed(tmp_path: Path) -> None:
+    """A film `gazex data synth` wrote (no masks in the layout) gets the generator's masks
+    back bit for bit from its seed; a film whose boxes the generator no longer draws, or one
+    that is not synthetic, gets None."""
+    seed = next(s for s in range(100, 200) if generate_sample(s, size=96).masks)
+    generated = generate_sample(seed, size=96, reader="R3-comparer")
+    write_mimic_eye([generated], tmp_path, ".png")
+    (loaded,) = load_split(tmp_path, "synthetic", "test")
+    assert loaded.masks is None and loaded.boxes
+    masks = generator_masks(loaded)
+    assert masks is not None and generated.masks is not None
+    assert masks.keys() == generated.masks.keys()
+    assert all(np.array_equal(masks[k], generated.masks[k]) for k in masks)
+    moved = replace(loaded, boxes=tuple(replace(b, x0=b.x0 + 1) for b in loaded.boxes))
+    assert generator_masks(moved) is None
+    other = replace(loaded, sample_id="P1", meta={"dicom_id": "real-film-1"})
+    assert generator_masks(other) is None
+
+
+def test_mask_metrics_score_the_model_mask_and_the_box_fallback() -> None:
+    """Mask IoU is scored where the film shows a boxed finding and the head calls it
+    present: the model's mask against the generator's, else the box's pixels; the model's
+    mask lies wholly inside its box; absent calls and unboxed findings are not averaged."""
+    grid = PatchGrid(Rows=64, Columns=64, grid_h=4, grid_w=4)  # 16 px tokens
+    keys = ("cardiomegaly", "nodule", "pacemaker")
+    heart = np.zeros((64, 64), dtype=bool)
+    heart[16:48, 16:48] = True
+    nodule = np.zeros((64, 64), dtype=bool)
+    nodule[4:12, 4:12] = True
+    sample = replace(
+        generate_sample(3, size=64),
+        labels={"cardiomegaly": True, "nodule": True, "pacemaker": False},
+        boxes=(LabeledBox("cardiomegaly", 16, 16, 48, 48), LabeledBox("nodule", 4, 4, 12, 12)),
+        masks={"cardiomegaly": heart, "nodule": nodule},
+    )
+    mask_probs = np.zeros((3, 16), dtype=np.float32)
+    mask_probs[0] = 1.0  # everywhere: the mask is the whole (true) box
+    output = RawOutput(
+        grid=grid,
+        patch_indices=[],
+        regions=[],
+        steps=[],
+        dwell_ms=[],
+        gap_ms=[],
+        gaze_probs=np.zeros((0, 16), dtype=np.float32),
+        probabilities=np.array([0.9, 0.9, 0.9], dtype=np.float32),
+        # cx, cy, w, h as fractions: the true box, and a box over the top-left quarter
+        boxes=np.array([[0.5, 0.5, 0.5, 0.5], [0.25, 0.25, 0.5, 0.5], [0.5, 0.5, 1, 1]]),
+        mask_probs=mask_probs,  # nodule: no mask anywhere -> the box's pixels
+        report="",
+        answers=[],
+    )
+    overall, per_key = mask_metrics([sample], [output], keys, (0.5, 0.5, 0.5))
+    assert overall["mask_mean_iou"] == 1.0 and overall["masks_scored"] == 1
+    assert overall["mask_boxes_scored"] == 1
+    assert overall["mask_box_iou"] == pytest.approx(64 / 32**2)  # the nodule in its 32 px box
+    assert overall["mask_seg_iou"] == pytest.approx((1.0 + 64 / 32**2) / 2)
+    assert overall["mask_in_box"] == 1.0
+    assert per_key["pacemaker"]["masks"] == 0  # shown absent: not scored
