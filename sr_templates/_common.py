@@ -82,6 +82,15 @@ def ordered_findings(result: InferenceResult) -> list[Finding]:
     return sorted(result.findings, key=rank)
 
 
+def claimed_findings(result: InferenceResult) -> list[Finding]:
+    """The present findings, in ``ordered_findings`` order, that the objects state as the
+    model's call (boxes, segments, labels); none on a film outside the training domain,
+    where nothing is reported as if the model knew."""
+    if result.out_of_domain:
+        return []
+    return [f for f in ordered_findings(result) if f.present]
+
+
 def copy_image_attributes(obj: Dataset, source: Dataset, *keywords: str) -> None:
     """Copy what highdicom leaves out but the IOD asks for (see DICOM_OUTPUTS.md)."""
     for keyword in keywords:

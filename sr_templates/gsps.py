@@ -16,7 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from model.result import Box, InferenceResult
 from sr_templates import content, uids
-from sr_templates._common import copy_image_attributes, equipment, series
+from sr_templates._common import claimed_findings, copy_image_attributes, equipment, series
 from sr_templates._drawing import Canvas, arrowhead
 from sr_templates.enum import GraphicLayerValues, ObjectKindValues
 
@@ -56,7 +56,7 @@ def build_gsps(
     # Labels go where no line runs through them and no other label lies (seen in
     # DICOMscope: a path, an arrowhead or a box edge striking through a label).
     # Out of the training domain no finding is drawn as if the model knew: the notice says so.
-    shown = [] if result.out_of_domain else [f for f in result.findings if f.present]
+    shown = claimed_findings(result)
     lines = path + [
         content.box_polyline(f.box).astype(np.float64) for f in shown if f.box is not None
     ]

@@ -18,10 +18,10 @@ from model.findings import FINDINGS_BY_KEY
 from model.result import Finding, InferenceResult
 from sr_templates import codes, content, uids
 from sr_templates._common import (
+    claimed_findings,
     content_description,
     copy_image_attributes,
     equipment,
-    ordered_findings,
     series,
 )
 from sr_templates._geometry import plane_geometry
@@ -42,15 +42,8 @@ SEGMENT_RGB: tuple[tuple[int, int, int], ...] = (
 
 
 def grounded_findings(result: InferenceResult) -> list[Finding]:
-    """Present findings with a box or a mask: the ones that get a segment. None on a film
-    outside the training domain: no finding is drawn there as if the model knew."""
-    if result.out_of_domain:
-        return []
-    return [
-        f
-        for f in ordered_findings(result)
-        if f.present and (f.box is not None or f.mask is not None)
-    ]
+    """Claimed findings with a box or a mask: the ones that get a segment."""
+    return [f for f in claimed_findings(result) if f.box is not None or f.mask is not None]
 
 
 def build_segmentation(

@@ -14,7 +14,7 @@ from pydicom.uid import Comprehensive3DSRStorage, ExplicitVRLittleEndian
 
 from model.result import InferenceResult
 from sr_templates import codes, content, templates, uids
-from sr_templates._common import equipment, ordered_findings, series
+from sr_templates._common import claimed_findings, equipment, ordered_findings, series
 from sr_templates.enum import ObjectKindValues
 
 
@@ -29,13 +29,10 @@ def build_findings_sr(
     content.check_source(result, source)
     algorithm_id = templates.algorithm_identification(result.model)
     findings = ordered_findings(result)
-    groups = [
-        templates.finding_group(result, f, source, algorithm_id)
-        for f in findings
-        if f.present and f.box is not None and not result.out_of_domain
-    ]
+    drawn = [f for f in claimed_findings(result) if f.box is not None]
+    groups = [templates.finding_group(result, f, source, algorithm_id) for f in drawn]
     report = templates.measurement_report(
-        result.model, groups, source, templates.report_evaluations(result, findings)
+        result.model, groups, source, templates.report_evaluations(result, findings, drawn)
     )
     return _document(result, source, ObjectKindValues.FINDINGS_SR, revision, report)
 

@@ -244,9 +244,9 @@ def path_group(
 
 
 def report_evaluations(
-    result: InferenceResult, findings: Sequence[Finding]
+    result: InferenceResult, findings: Sequence[Finding], drawn: Sequence[Finding]
 ) -> list[EvaluationItem]:
-    """The findings SR's report-level evaluations: each finding without a box (see
+    """The findings SR's report-level evaluations: each finding not ``drawn`` as a group (see
     ``finding_evaluation``), the ABCDEF sections and the impression as TEXT, each step the
     trajectory skipped as "not inspected", and the intended use."""
     items: list[EvaluationItem] = [
@@ -254,7 +254,7 @@ def report_evaluations(
         *(
             finding_evaluation(f, assessed=not result.out_of_domain)
             for f in findings
-            if result.out_of_domain or not (f.present and f.box is not None)
+            if f not in drawn
         ),
     ]
     if not findings:

@@ -15,6 +15,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from sr_cases import Case
 
 from model.abcdef import STEPS
+from model.findings import Code
 from model.result import Box, DomainCheck, InferenceResult
 from sr_templates import codes
 from sr_templates.content import box_polyline, intended_use_statement
@@ -88,9 +89,10 @@ def recovered_findings(report: hd.sr.MeasurementReport) -> dict[tuple[str, str],
     return out
 
 
-def _probability_concept(finding: hd.sr.CodedConcept) -> hd.sr.CodedConcept:
-    return hd.sr.CodedConcept(
-        f"PROB-{finding.value}", codes.GAZEX_SCHEME, f"{finding.meaning} probability"
+def _probability_concept(finding: hd.sr.CodedConcept) -> Code:
+    """The NUM concept the builder names a finding's probability with."""
+    return codes.finding_probability(
+        Code(finding.value, finding.scheme_designator, finding.meaning)
     )
 
 
