@@ -11,6 +11,7 @@ import pytest
 from kombu import Connection
 from kombu.transport import filesystem
 
+from dicom_node import folder_broker
 from dicom_node.folder_broker import Transport
 
 MESSAGES = 1500
@@ -105,3 +106,38 @@ def test_publishing_while_a_queue_is_first_bound_never_reads_an_empty_table(
                 errors.append(exc)
     consumer.join(timeout=10)
     assert errors == []
+
+
+def test_a_queue_declared_while_another_connection_binds_it_gets_its_messages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two connections of one process declaring the same queue: the second one's messages
+    are never dropped. kombu keeps bindings in a process-wide state and skips writing the
+    binding file when that state has it, though the first connection may not have written
+    it yet; its publisher then finds no table and drops the message (seen as a red CI run:
+    the first 167 of 1500 messages gone)."""
+    slow_bind = folder_broker.Channel._queue_bind
+    first_binding = threading.Event()
+
+    def bind(self: Any, *args: Any) -> None:
+        if threading.current_thread().name == "slow-binder":
+            first_binding.set()
+            time.sleep(0.5)
+        slow_bind(self, *args)
+
+    monkeypatch.setattr(folder_broker.Channel, "_queue_bind", bind)
+    (tmp_path / "queue").mkdir()
+
+    def declare() -> None:
+        with _connection(tmp_path) as conn:
+            conn.SimpleQueue("gpu").close()
+
+    binder = threading.Thread(target=declare, name="slow-binder")
+    binder.start()
+    assert first_binding.wait(10)
+    with _connection(tmp_path) as conn:
+        queue = conn.SimpleQueue("gpu")
+        queue.put({"n": 1})
+        queue.close()
+    binder.join(timeout=10)
+    assert [p.name.endswith(".gpu.msg") for p in (tmp_path / "queue").iterdir()] == [True]
