@@ -37,7 +37,7 @@ from dicom_node.db.models import AuditEvent, utcnow
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("association", "study", "results", "config")
+KINDS = ("association", "study", "results", "config", "dicomweb", "review")
 
 _PENDING = "gazex_audit_pending"
 _file_lock = threading.Lock()

@@ -5,6 +5,7 @@
     GazexError
     ├── ConfigError (ValueError)      invalid settings; names the key
     ├── PeerError (ValueError)        unknown peer, duplicate name, bad role
+    ├── AccountError (ValueError)     a review account that cannot be added or changed
     ├── StoreRejected (ValueError)    a data set we refuse; carries the DIMSE status
     │   ├── DataSetMismatch           0xA900: does not match the SOP class / request
     │   └── CannotUnderstand          0xC000: cannot be parsed
@@ -40,6 +41,11 @@ class ConfigError(GazexError, ValueError):
 
 class PeerError(GazexError, ValueError):
     pass
+
+
+class AccountError(GazexError, ValueError):
+    """A review account that cannot be added or changed: bad name, role or password,
+    unknown or duplicate name."""
 
 
 class StoreRejected(GazexError, ValueError):

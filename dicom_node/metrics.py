@@ -1,7 +1,7 @@
 """Prometheus metrics of the node and the workers.
 
 Every process builds one ``Metrics`` (a private ``CollectorRegistry``, never the global
-default one) and serves it on ``/metrics`` (see ``dicom_node.http``). The names are the
+default one) and serves it on ``/metrics`` (see ``dicom_node.web.app``). The names are the
 contract with ``deploy/grafana/gazex.json``:
 
     gazex_associations_total{outcome}   accepted, rejected, aborted, released
@@ -24,7 +24,7 @@ so a worker exporting them too would count each study and message twice.
 A worker builds ``Metrics()``, calls ``set_model_version``, observes ``model_seconds``,
 ``stage_reached("analysed" | "notified", study.first_received_at)``, increments
 ``hl7_failures`` (and ``delivery_failures`` through ``Outbox``), and serves it with
-``dicom_node.http.start_http(settings, engine, metrics, {"model": check})``.
+``dicom_node.web.server.start_http(settings, engine, metrics, {"model": check})``.
 """
 
 from __future__ import annotations

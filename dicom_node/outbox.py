@@ -5,6 +5,9 @@ adds their rows (due at once) in the transaction that records the analysis; the 
 delivery loop (``Outbox.run``) sends every due row. One owner means one schedule, kept in
 the database: a crash anywhere loses nothing, and no second sender races the first.
 
+A row goes by C-STORE (``scu``), or by STOW-RS (``stow_client``) to a peer with a
+DICOMweb URL; both answer one result per file, read the same way here.
+
 A destination that is down only delays its own rows: each peer is sent to on its own
 thread (a peer still being tried is not started again), and a failed try sets the next
 attempt by exponential backoff with a ceiling.
@@ -23,14 +26,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node import scu
+from dicom_node import scu, stow_client
 from dicom_node.audit import AuditLog
 from dicom_node.db.models import Analysis, OutboxItem, OutboxState, Peer, Study, utcnow
 from dicom_node.errors import DeliveryError
 from dicom_node.lifecycle import mark_done_if_finished
 from dicom_node.metrics import Metrics
 from dicom_node.peers import PeerInfo
-from dicom_node.settings import Settings
+from dicom_node.settings import NodeSettings, Settings
 from dicom_node.spool import short_hash
 
 logger = logging.getLogger(__name__)
@@ -132,16 +135,15 @@ class Outbox:
             peer = PeerInfo.of(peer_row)
             paths = {item.id: Path(item.path) for item in items}
         node = self._settings.node
+        failure, refused_for_good = "no result for this file", False
         try:
             if not peer.enabled:
                 raise DeliveryError(f"{peer.name} is disabled")
-            results = {
-                r.path: r
-                for r in scu.send(peer, list(paths.values()), node.ae_title, scu.Timeouts.of(node))
-            }
+            results = {r.path: r for r in send(peer, list(paths.values()), node)}
         except DeliveryError as exc:
             results = {}
             failure = str(exc)
+            refused_for_good = not exc.transient  # a peer with no address to send to, say
         sent = 0
         with self._sessions.begin() as session:
             studies = _studies_of(session, item_ids)
@@ -162,7 +164,7 @@ class Outbox:
                     item.last_error = f"status 0x{result.status:04X}"
                 else:
                     item.last_error = result.error
-                permanent = result is not None and not result.transient
+                permanent = not result.transient if result is not None else refused_for_good
                 if permanent or item.attempts >= self._settings.delivery.max_attempts:
                     item.state = OutboxState.FAILED
                     self._audit_result(session, "failed", item, peer, studies, item.last_error)
@@ -214,7 +216,7 @@ class Outbox:
             "results",
             action,
             ae_title=peer.ae_title,
-            address=f"{peer.host}:{peer.port}",
+            address=peer.address,
             StudyInstanceUID=study[0] if study is not None else None,
             SOPInstanceUID=item.SOPInstanceUID,
             detail=f"to {peer.name}" + (f": {detail}" if detail else ""),
@@ -232,6 +234,13 @@ class Outbox:
             )
             if not waiting:
                 self._metrics.stage_reached("delivered", first_received_at)
+
+
+def send(peer: PeerInfo, paths: list[Path], node: NodeSettings) -> list[scu.SendResult]:
+    """Send by the peer's kind: STOW-RS to a DICOMweb URL, else C-STORE."""
+    if peer.dicomweb_url is not None:
+        return stow_client.send(peer, paths, scu.Timeouts.of(node))
+    return scu.send(peer, paths, node.ae_title, scu.Timeouts.of(node))
 
 
 def _studies_of(session: Session, item_ids: list[int]) -> dict[int, tuple[str, datetime]]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
@@ -30,16 +31,36 @@ class PeerInfo:
     id: int
     name: str
     ae_title: str
-    host: str
-    port: int
+    #: Its DICOM address; None for a peer reached over DICOMweb only.
+    host: str | None
+    port: int | None
     roles: tuple[str, ...]
     enabled: bool
+    #: Its DICOMweb base URL: results go there by STOW-RS instead of by C-STORE.
+    dicomweb_url: str | None = None
+    #: What the node presents there (``basic:<user>:<password>``, ``bearer:<token>``).
+    dicomweb_auth: str | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, peer: Peer) -> PeerInfo:
         return cls(
-            peer.id, peer.name, peer.ae_title, peer.host, peer.port, tuple(peer.roles), peer.enabled
+            peer.id,
+            peer.name,
+            peer.ae_title,
+            peer.host,
+            peer.port,
+            tuple(peer.roles),
+            peer.enabled,
+            peer.dicomweb_url,
+            peer.dicomweb_auth,
         )
+
+    @property
+    def address(self) -> str:
+        """Where it is reached, for logs and audit: host:port, or its DICOMweb URL."""
+        if self.dicomweb_url is not None:
+            return self.dicomweb_url
+        return f"{self.host}:{self.port}"
 
 
 def parse_roles(value: str | Iterable[str]) -> tuple[str, ...]:
@@ -61,6 +82,25 @@ def _check(ae_title: str | None, port: int | None) -> None:
         raise PeerError(f"port {port} is not between 1 and 65535")
 
 
+def _check_address(
+    host: str | None, port: int | None, dicomweb_url: str | None, dicomweb_auth: str | None
+) -> None:
+    if (host is None) != (port is None):
+        raise PeerError("a DICOM address needs both a host and a port")
+    if host is None and dicomweb_url is None:
+        raise PeerError("a peer needs a DICOM address (host and port) or a DICOMweb URL")
+    if dicomweb_url is not None:
+        parsed = urlsplit(dicomweb_url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise PeerError(f"DICOMweb URL {dicomweb_url!r} is not an http(s) URL")
+        if parsed.username or parsed.password:
+            raise PeerError("put DICOMweb credentials in the auth setting, not in the URL")
+    if dicomweb_auth is not None:
+        kind, _, secret = dicomweb_auth.partition(":")
+        if kind not in ("basic", "bearer") or not secret or (kind == "basic" and ":" not in secret):
+            raise PeerError("DICOMweb auth is basic:<user>:<password> or bearer:<token>")
+
+
 class PeerDirectory:
     """Peers in the database. Every change is audited (who, what, when) in its own
     transaction: to the table always, and to the JSON lines file of ``audit`` when given."""
@@ -73,15 +113,21 @@ class PeerDirectory:
         self,
         name: str,
         ae_title: str,
-        host: str,
-        port: int,
+        host: str | None,
+        port: int | None,
         roles: Sequence[str],
         enabled: bool = True,
         *,
+        dicomweb_url: str | None = None,
+        dicomweb_auth: str | None = None,
         actor: str | None = None,
     ) -> PeerInfo:
+        """Add a peer: a DICOM address (host and port), a DICOMweb base URL, or both.
+        ``dicomweb_auth`` is what the node presents there: ``basic:<user>:<password>`` or
+        ``bearer:<token>``."""
         _check(ae_title, port)
         roles = parse_roles(roles)
+        _check_address(host, port, dicomweb_url, dicomweb_auth)
         with self._sessions.begin() as session:
             if session.scalar(select(Peer).where(Peer.name == name)) is not None:
                 raise PeerError(f"a peer named {name!r} exists already")
@@ -90,6 +136,8 @@ class PeerDirectory:
                 ae_title=ae_title.strip(),
                 host=host,
                 port=port,
+                dicomweb_url=dicomweb_url.rstrip("/") if dicomweb_url else None,
+                dicomweb_auth=dicomweb_auth,
                 is_source="source" in roles,
                 is_destination="destination" in roles,
                 enabled=enabled,
@@ -111,11 +159,23 @@ class PeerDirectory:
         roles: Sequence[str] | None = None,
         enabled: bool | None = None,
         new_name: str | None = None,
+        dicomweb_url: str | None = None,
+        dicomweb_auth: str | None = None,
     ) -> PeerInfo:
         _check(ae_title, port)
         with self._sessions.begin() as session:
             peer = self._get(session, name)
             before = PeerInfo.of(peer)
+            if dicomweb_url is not None:
+                peer.dicomweb_url = dicomweb_url.rstrip("/") or None
+            if dicomweb_auth is not None:
+                peer.dicomweb_auth = dicomweb_auth or None
+            _check_address(
+                host if host is not None else peer.host,
+                port if port is not None else peer.port,
+                peer.dicomweb_url,
+                peer.dicomweb_auth,
+            )
             if new_name is not None and new_name != name:
                 if session.scalar(select(Peer).where(Peer.name == new_name)) is not None:
                     raise PeerError(f"a peer named {new_name!r} exists already")
@@ -186,6 +246,10 @@ class PeerDirectory:
                     seed.port,
                     seed.roles,
                     seed.enabled,
+                    dicomweb_url=seed.dicomweb_url,
+                    dicomweb_auth=(
+                        seed.dicomweb_auth.get_secret_value() if seed.dicomweb_auth else None
+                    ),
                     actor=actor,
                 )
 
@@ -197,7 +261,7 @@ class PeerDirectory:
             "config",
             action,
             ae_title=peer.ae_title,
-            address=f"{peer.host}:{peer.port}",
+            address=peer.address,
             actor=actor or os_user(),
             detail=f"peer {peer.name}: {what}",
         )
@@ -212,7 +276,7 @@ class PeerDirectory:
 
 def _describe(peer: PeerInfo) -> str:
     return (
-        f"AE {peer.ae_title} at {peer.host}:{peer.port}, roles {','.join(peer.roles)}, "
+        f"AE {peer.ae_title} at {peer.address}, roles {','.join(peer.roles)}, "
         f"{'enabled' if peer.enabled else 'disabled'}"
     )
 
@@ -221,7 +285,9 @@ def _changes(before: PeerInfo, after: PeerInfo) -> str:
     """What an edit changed, as "field old -> new" pairs."""
     changed = [
         f"{key} {getattr(before, key)!r} -> {getattr(after, key)!r}"
-        for key in ("name", "ae_title", "host", "port", "roles", "enabled")
+        for key in ("name", "ae_title", "host", "port", "dicomweb_url", "roles", "enabled")
         if getattr(before, key) != getattr(after, key)
     ]
+    if before.dicomweb_auth != after.dicomweb_auth:
+        changed.append("DICOMweb credentials replaced")  # never the secret itself
     return ", ".join(changed) or "no change"

@@ -131,6 +131,8 @@ class _ReactorCheckpoint(threading.Event):
 
 
 def _associate(ae: AE, peer: PeerInfo) -> Association:
+    if peer.host is None or peer.port is None:
+        raise DeliveryError(f"{peer.name} has no DICOM address", transient=False)
     assoc = ae.associate(
         peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)]
     )

@@ -149,8 +149,13 @@ class PeerSeed(_Section):
 
     name: str
     ae_title: AETitle
-    host: str
-    port: Port
+    #: Its DICOM address; leave both out for a peer reached over DICOMweb only.
+    host: str | None = None
+    port: Port | None = None
+    #: Its DICOMweb base URL: results go there by STOW-RS.
+    dicomweb_url: str | None = None
+    #: What the node presents there: "basic:<user>:<password>" or "bearer:<token>".
+    dicomweb_auth: SecretStr | None = None
     roles: list[Literal["source", "destination"]]
     enabled: bool = True
 
@@ -162,12 +167,60 @@ class DeliverySettings(_Section):
 
 
 class HTTPSettings(_Section):
-    """The small HTTP port for /healthz, /readyz and /metrics."""
+    """The HTTP port: /healthz, /readyz, /metrics, and on the node /dicom-web."""
 
     enabled: bool = True
     bind: str = "0.0.0.0"  # noqa: S104 - scraped by Prometheus from other hosts
     #: `gazex serve` gives its analysis and I/O workers the next two ports; 0: any free port.
     port: Annotated[int, Field(ge=0, le=65535)] = 8088
+
+
+class DicomWebSettings(_Section):
+    """QIDO-RS, WADO-RS and STOW-RS on the node's HTTP port (PS3.18)."""
+
+    enabled: bool = True
+    #: Where the services live on the HTTP port (Orthanc and dcm4chee use /dicom-web too).
+    base_path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~/-]*[A-Za-z0-9._~-]$")] = "/dicom-web"
+    #: Answer requests that carry no credentials (as a peer named "anonymous"); off: every
+    #: request needs a peer's credential (gazex ae credential).
+    allow_anonymous: bool = False
+    #: A STOW-RS part larger than this is refused (413) and nothing of it kept.
+    max_instance_mb: Annotated[int, Field(ge=1)] = 1024
+    #: A STOW-RS request body larger than this is refused (413).
+    max_request_mb: Annotated[int, Field(ge=1)] = 8192
+    #: QIDO-RS answers at most this many matches per request (the client pages with offset).
+    max_results: Annotated[int, Field(ge=1)] = 1000
+    #: Origins of browser viewers served from elsewhere (e.g. "https://ohif.hospital.org")
+    #: allowed to call the services with their credentials (CORS); none by default.
+    cors_origins: list[str] = []
+
+
+def _scheme_value(code: str) -> str:
+    scheme, colon, value = code.partition(":")
+    if not (colon and scheme and value):
+        raise ValueError(f"{code!r} is not SCHEME:VALUE (e.g. SCT:36118008)")
+    return code
+
+
+class ReviewSettings(_Section):
+    """The radiologist's review page under /review on the node's HTTP port."""
+
+    #: Seconds a session lasts at most from its login.
+    session_lifetime: Annotated[float, Field(gt=0)] = 12 * 3600.0
+    #: Seconds without a request after which a session ends.
+    idle_timeout: Annotated[float, Field(gt=0)] = 30 * 60.0
+    #: Mark the session cookie Secure even when the request came over plain HTTP (behind a
+    #: TLS-terminating proxy that sends no X-Forwarded-Proto); https requests always get it.
+    cookie_secure: bool = False
+    #: Findings that put a study first in the worklist when present: "SCHEME:VALUE" codes
+    #: as the model's results code them (default: SNOMED CT pneumothorax).
+    critical_codes: tuple[Annotated[str, AfterValidator(_scheme_value)], ...] = ("SCT:36118008",)
+    #: Seconds every failed login waits before its answer.
+    login_failure_delay: Annotated[float, Field(ge=0)] = 1.0
+    #: Failed logins from one remote host within ``login_failure_window`` seconds after
+    #: which that host's logins are refused (429) until the window has passed.
+    login_max_failures: Annotated[int, Field(ge=1)] = 5
+    login_failure_window: Annotated[float, Field(gt=0)] = 15 * 60.0
 
 
 class LogSettings(_Section):
@@ -236,6 +289,8 @@ class Settings(BaseSettings):
     routing: RoutingSettings = RoutingSettings()
     delivery: DeliverySettings = DeliverySettings()
     http: HTTPSettings = HTTPSettings()
+    dicomweb: DicomWebSettings = DicomWebSettings()
+    review: ReviewSettings = ReviewSettings()
     log: LogSettings = LogSettings()
     hl7: HL7Settings = HL7Settings()
     model: ModelSettings = ModelSettings()

@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TMP_SUFFIX = ".partial"
+_COMPARE_BLOCK = 1 << 20
 
 
 def safe_uid(uid: str) -> str:
@@ -85,10 +86,55 @@ class Spool:
             _fsync_dir(final.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise OutOfResources("spool is out of disk space") from exc
-            raise OutOfResources(f"cannot write to the spool: {exc.strerror}") from exc
+            raise disk_error(exc) from exc
         return final
+
+    def staging_file(self, kind: str) -> Path:
+        """A new, unique temporary name in the spool for a file that is being received
+        (a STOW-RS part) before it is known where it goes; on the spool's file system, so
+        ``adopt`` can rename it into place. Named like ``write``'s temporary files, so
+        ``sweep_partials`` removes it after a crash."""
+        folder = self.root / "staging"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc) from exc
+        return folder / f".{kind}.{uuid.uuid4().hex}{_TMP_SUFFIX}"
+
+    def adopt(self, staged: Path, relative: Path) -> Path:
+        """Make the complete file ``staged`` (from ``staging_file``) durable at ``relative``:
+        fsync it, rename it over the final name and fsync the folder, as ``write`` does.
+        Raises OutOfResources; ``staged`` is then left for the caller to remove."""
+        final = self.absolute(relative)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(staged, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            staged.replace(final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            raise disk_error(exc) from exc
+        return final
+
+    def same_file(self, relative: str | Path, other: Path) -> bool:
+        """Whether the stored file at ``relative`` holds exactly the bytes of ``other``,
+        compared a block at a time (a resend of the same instance)."""
+        path = self.absolute(relative)
+        try:
+            if path.stat().st_size != other.stat().st_size:
+                return False
+            with path.open("rb") as stored, other.open("rb") as candidate:
+                while True:
+                    block = stored.read(_COMPARE_BLOCK)
+                    if block != candidate.read(_COMPARE_BLOCK):
+                        return False
+                    if not block:
+                        return True
+        except FileNotFoundError:
+            return False
 
     def same_bytes(self, relative: str | Path, *parts: bytes | memoryview) -> bool:
         """Whether the stored file holds exactly ``parts`` (a resend of the same instance)."""
@@ -116,6 +162,13 @@ class Spool:
         if count:
             logger.warning("removed %d partial file(s) left by an earlier crash", count)
         return count
+
+
+def disk_error(exc: OSError) -> OutOfResources:
+    """The OutOfResources for an OSError met while writing to the spool."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfResources("spool is out of disk space")
+    return OutOfResources(f"cannot write to the spool: {exc.strerror}")
 
 
 def _fsync_dir(path: Path) -> None:

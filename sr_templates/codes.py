@@ -180,3 +180,45 @@ def finding_probability(code: ModelCode) -> Code:
 def from_model(code: ModelCode) -> Code:
     """A finding code of ``model.findings`` as a pydicom ``Code``."""
     return Code(code.value, code.scheme, code.meaning)
+
+
+# -- Review of the AI findings by a person (``sr_templates.review``) ---------------------
+# Neither DICOM's content mapping resource as shipped with pydicom 3 nor the DICOM code
+# tables checked in shared/DICOM_OUTPUTS.md has a concept for a person's verdict on an AI
+# result (accepted, rejected, modified) or for the reasons of a rejection, so they are
+# private. When DICOM publishes codes for AI result assessment, map these onto them.
+#: Designator of a reviewer's identifier when the review page gives no scheme of its own
+#: (VerifyingObserverIdentificationCodeSequence), declared like ``99GAZEX``.
+REVIEWER_ID_SCHEME = "99GAZEXSTAFF"
+
+#: The concept of a reviewer's verdict on one finding, and its values.
+REVIEWER_ASSESSMENT = _gazex("ASSESSMENT", "Reviewer assessment")
+REVIEW_ACCEPTED = _gazex("ACCEPTED", "Accepted by the reviewer")
+REVIEW_REJECTED = _gazex("REJECTED", "Rejected by the reviewer")
+REVIEW_CORRECTED = _gazex("CORRECTED", "Location corrected by the reviewer")
+REVIEW_ADDED = _gazex("ADDED", "Added by the reviewer")
+#: Why a reviewer rejected an AI finding: the concept and its short list of values.
+REJECTION_REASON = _gazex("REJECTREASON", "Reason for rejection")
+REJECT_NOT_PRESENT = _gazex("RJ-NOTPRESENT", "Finding not present")
+REJECT_WRONG_LOCATION = _gazex("RJ-LOCATION", "Wrong location")
+REJECT_WRONG_FINDING = _gazex("RJ-FINDING", "Wrong finding type")
+REJECT_ARTEFACT = _gazex("RJ-ARTEFACT", "Artefact or normal variant")
+REJECT_INSIGNIFICANT = _gazex("RJ-INSIGNIFICANT", "Clinically insignificant")
+REJECTION_REASONS: tuple[Code, ...] = (
+    REJECT_NOT_PRESENT,
+    REJECT_WRONG_LOCATION,
+    REJECT_WRONG_FINDING,
+    REJECT_ARTEFACT,
+    REJECT_INSIGNIFICANT,
+)
+#: The statement of a reviewed document: who signed it, and what the AI part was.
+REVIEW_STATEMENT = _gazex("REVIEWSTATEMENT", "Review statement")
+
+
+def reviewer_coding_scheme(designator: str) -> CodingSchemeIdentificationItem:
+    """The CodingSchemeIdentificationSequence item declaring a reviewer identifier scheme."""
+    return CodingSchemeIdentificationItem(
+        designator=designator,
+        name="Reviewer identifiers of the GazeX review page",
+        responsible_organization="GazeX Node project",
+    )

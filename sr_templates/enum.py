@@ -93,3 +93,40 @@ _LAYER_RGB: dict[GraphicLayerValues, tuple[int, int, int]] = {
     GraphicLayerValues.PATH: (0, 255, 120),
     GraphicLayerValues.NOTICE: (255, 255, 255),
 }
+
+
+class ReviewedObjectKindValues(StrEnum):
+    """The kinds of object written when a person reviews and signs a result.
+
+    Apart from ``ObjectKindValues`` on purpose: those are what ``build_all`` and the workers
+    write for every analysed image, these only exist after a review. The value enters the
+    derivation of the UIDs like an ``ObjectKindValues`` value (see
+    ``sr_templates.review``), so it must never change.
+    """
+
+    VERIFIED_FINDINGS_SR = "findings-sr-verified"
+
+    @property
+    def series_number(self) -> int:
+        """After the AI series (9901-9905), so the signed review sorts last."""
+        return _REVIEWED_SERIES_NUMBERS[self]
+
+    @property
+    def series_description(self) -> str:
+        """A SeriesDescription (LO, at most 64 characters) saying a person reviewed it."""
+        return _REVIEWED_SERIES_DESCRIPTIONS[self]
+
+    @property
+    def file_stem(self) -> str:
+        return f"{_REVIEWED_SERIES_NUMBERS[self]}-{self.value}"
+
+
+_REVIEWED_SERIES_NUMBERS: dict[ReviewedObjectKindValues, int] = {
+    ReviewedObjectKindValues.VERIFIED_FINDINGS_SR: 9906,
+}
+
+_REVIEWED_SERIES_DESCRIPTIONS: dict[ReviewedObjectKindValues, str] = {
+    ReviewedObjectKindValues.VERIFIED_FINDINGS_SR: (
+        "GazeX findings reviewed by a person (AI part: research use only)"
+    ),
+}

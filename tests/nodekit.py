@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -185,3 +187,84 @@ def write_orthanc_config(
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config), encoding="utf-8")
     return path
+
+
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+class OrthancDicomWeb:
+    """A private Orthanc (Debian packages orthanc, orthanc-dicomweb) as a DICOMweb
+    destination: its plugin at ``/dicom-web``, HTTP basic auth for ``users``, no DICOM port.
+    ``stop`` and ``start`` again keep the port and the storage: a destination that goes
+    down and comes back."""
+
+    def __init__(self, folder: Path, users: dict[str, str], port: int | None = None) -> None:
+        self.folder = folder
+        self.users = users
+        self.port = port or free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/dicom-web"
+
+    def start(self) -> OrthancDicomWeb:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "gazex-dicomweb-destination",
+            "StorageDirectory": str(self.folder / "db"),
+            "IndexDirectory": str(self.folder / "db"),
+            "HttpPort": self.port,
+            "DicomServerEnabled": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": True,
+            "RegisteredUsers": self.users,
+            "HttpCompressionEnabled": False,
+            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+        }
+        path = self.folder / "orthanc.json"
+        path.write_text(json.dumps(config), encoding="utf-8")
+        with (self.folder / "orthanc.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                ["Orthanc", str(path)], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.get("/system")
+                return self
+            except OSError:
+                if self._process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    log_text = (self.folder / "orthanc.log").read_text(errors="replace")
+                    raise AssertionError(f"Orthanc did not start:\n{log_text[-2000:]}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+
+    def get(self, path: str) -> bytes:
+        """GET Orthanc's REST API as its first user."""
+        user, password = next(iter(self.users.items()))
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", headers={"Authorization": f"Basic {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+            return bytes(response.read())
+
+    def stored(self) -> dict[str, bytes]:
+        """SOP Instance UID -> the file Orthanc keeps, for every instance it holds."""
+        files: dict[str, bytes] = {}
+        for orthanc_id in json.loads(self.get("/instances")):
+            tags = json.loads(self.get(f"/instances/{orthanc_id}/simplified-tags"))
+            files[tags["SOPInstanceUID"]] = self.get(f"/instances/{orthanc_id}/file")
+        return files

@@ -13,8 +13,8 @@ from celery.platforms import SecurityWarning
 
 from dicom_node.dispatch import celery_config
 from dicom_node.errors import ModelUnavailable, StartError
-from dicom_node.http import HealthServer, start_http
 from dicom_node.settings import Settings
+from dicom_node.web.server import WebServer, start_http
 from workers import tasks
 from workers.context import WorkerContext
 
@@ -47,7 +47,7 @@ class _Probes:
     def __init__(self, settings: Settings, analysis: bool) -> None:
         self._settings = settings
         self._analysis = analysis
-        self.server: HealthServer | None = None
+        self.server: WebServer | None = None
 
     def serve(self) -> None:
         context = WorkerContext.current()

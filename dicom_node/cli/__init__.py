@@ -84,7 +84,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the node's own subcommands."""
-    from dicom_node.cli import ae, audit, database, serve, status
+    from dicom_node.cli import ae, audit, database, serve, status, user
 
-    for group in (serve, status, ae, database, audit):
+    for group in (serve, status, ae, database, audit, user):
         group.register(subparsers)

@@ -92,8 +92,15 @@ class Peer(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     ae_title: Mapped[str] = mapped_column(String(16), index=True)
-    host: Mapped[str] = mapped_column(String(255))
-    port: Mapped[int] = mapped_column(Integer)
+    #: Its DICOM (DIMSE) address; none for a peer reached over DICOMweb only.
+    host: Mapped[str | None] = mapped_column(String(255))
+    port: Mapped[int | None] = mapped_column(Integer)
+    #: Its DICOMweb base URL (the STOW-RS service is ``<url>/studies``); results go there
+    #: instead of by C-STORE when set.
+    dicomweb_url: Mapped[str | None] = mapped_column(String(1024))
+    #: What the node presents to that URL: ``basic:<user>:<password>`` or ``bearer:<token>``.
+    #: Kept as given (it must be sent); never printed, logged or audited.
+    dicomweb_auth: Mapped[str | None] = mapped_column(Text)
     is_source: Mapped[bool] = mapped_column(Boolean, default=False)
     is_destination: Mapped[bool] = mapped_column(Boolean, default=False)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -105,6 +112,25 @@ class Peer(Base):
         return [
             r for r, on in (("source", self.is_source), ("destination", self.is_destination)) if on
         ]
+
+
+class Credential(Base):
+    """A secret a peer presents to the node's DICOMweb: HTTP basic (a user name and a
+    password) or a bearer token (``gzx_<key_id>_<secret>``). Only its argon2 hash is kept."""
+
+    __tablename__ = "credential"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    peer_id: Mapped[int] = mapped_column(ForeignKey("peer.id", ondelete="CASCADE"), index=True)
+    #: basic, bearer
+    kind: Mapped[str] = mapped_column(String(8))
+    #: The user name of a basic credential; the key id of a bearer token.
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    peer: Mapped[Peer] = relationship()
 
 
 class Study(Base):
@@ -300,3 +326,42 @@ class AuditEvent(Base):
     SOPInstanceUID: Mapped[str | None] = mapped_column(UID)
     #: Why (a rejection reason, a routing decision) or what changed.
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class User(Base):
+    """An account of the review page (``/review``): a radiologist or an admin. Only the
+    password's argon2id hash is kept; a disabled account cannot log in."""
+
+    __tablename__ = "review_user"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    #: radiologist, admin
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(255))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class WebSession(Base):
+    """A logged-in browser of the review page. The cookie holds a random token; only its
+    SHA-256 (hex) is kept, as the id, so a copy of the database opens no session."""
+
+    __tablename__ = "web_session"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("review_user.id", ondelete="CASCADE"), index=True
+    )
+    #: What every state-changing request must echo (header X-CSRF-Token or field csrf).
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: The absolute end of the session (the idle timeout ends it earlier).
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: host:port the login came from.
+    address: Mapped[str | None] = mapped_column(String(300))
+
+    user: Mapped[User] = relationship()

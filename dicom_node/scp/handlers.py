@@ -25,11 +25,11 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 
 from dicom_node.audit import AuditLog
+from dicom_node.completion import CompletionTracker
 from dicom_node.errors import CannotUnderstand, DataSetMismatch, OutOfResources, StoreRejected
 from dicom_node.logs import bind, bind_thread
 from dicom_node.metrics import Metrics
-from dicom_node.scp.completion import CompletionTracker
-from dicom_node.scp.receiver import ReceivedInstance, Receiver, StoreOutcome
+from dicom_node.receiver import ReceivedInstance, Receiver, StoreOutcome
 from dicom_node.scu import no_delay
 from dicom_node.spool import short_hash
 

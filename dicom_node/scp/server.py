@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,19 +13,24 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.routing import BaseRoute
 
 from dicom_node import db
 from dicom_node.audit import AuditLog, os_user
+from dicom_node.completion import CompletionTracker, DispatchFunc
+from dicom_node.dicomweb.context import DicomWebContext
+from dicom_node.dicomweb.routes import dicomweb_mount
 from dicom_node.errors import port_error
-from dicom_node.http import HealthServer, start_http
 from dicom_node.metrics import Metrics, QueueDepthCollector, StudiesCollector
 from dicom_node.outbox import Outbox
 from dicom_node.peers import PeerDirectory
-from dicom_node.scp.completion import CompletionTracker, DispatchFunc
+from dicom_node.receiver import Receiver
+from dicom_node.review.web import ReviewContext, review_routes
 from dicom_node.scp.handlers import StoreSCPHandlers
-from dicom_node.scp.receiver import Receiver
-from dicom_node.settings import Settings, TLSSettings
+from dicom_node.settings import Settings
 from dicom_node.spool import Spool, space_shortfall
+from dicom_node.tls import server_ssl_context
+from dicom_node.web.server import WebServer, start_http
 
 logger = logging.getLogger(__name__)
 
@@ -114,21 +118,6 @@ class NodeAE(AE):
         raise AttributeError("calling AE titles come from the peer table (gazex ae)")
 
 
-def server_ssl_context(tls: TLSSettings) -> ssl.SSLContext | None:
-    if not tls.enabled:
-        return None
-    assert tls.cert_file is not None and tls.key_file is not None  # checked by settings
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.ca_file is not None:
-        context.load_verify_locations(cafile=tls.ca_file)
-    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    if not tls.require_client_cert and tls.ca_file is None:
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 @dataclass
 class Node:
     """Everything one node process runs. Build with ``Node.build``; ``start``; ``stop``."""
@@ -143,7 +132,7 @@ class Node:
     ae: NodeAE
     metrics: Metrics = field(default_factory=Metrics)
     audit: AuditLog | None = None
-    http: HealthServer | None = None
+    http: WebServer | None = None
     _server: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _outbox_thread: threading.Thread | None = None
@@ -181,17 +170,23 @@ class Node:
 
     def start(self) -> tuple[str, int]:
         """Start the loops and the SCP; returns the address it listens on."""
-        self.http = start_http(self.settings, self.engine, self.metrics)
+        receiver = Receiver(
+            self.settings, self.sessions, self.spool, self.completion, audit=self.audit
+        )
         self.spool.sweep_partials()
+        self.http = start_http(
+            self.settings,
+            self.engine,
+            self.metrics,
+            routes=[*self._dicomweb(receiver), *self._review()],
+            tls=self.settings.tls.enabled,
+        )
         self.peers.seed(self.settings.peers, actor=f"{os_user()} (settings file)")
         self.completion.start()
         self._outbox_thread = threading.Thread(
             target=self.outbox.run, args=(self._stop,), name="gazex-outbox", daemon=True
         )
         self._outbox_thread.start()
-        receiver = Receiver(
-            self.settings, self.sessions, self.spool, self.completion, audit=self.audit
-        )
         handlers = StoreSCPHandlers(
             receiver,
             self.completion,
@@ -219,6 +214,26 @@ class Node:
             " (TLS)" if self.settings.tls.enabled else "",
         )
         return host, port
+
+    def _dicomweb(self, receiver: Receiver) -> list[BaseRoute]:
+        """The DICOMweb services on the HTTP port, when ``dicomweb.enabled``."""
+        if not self.settings.dicomweb.enabled:
+            return []
+        context = DicomWebContext(
+            self.settings,
+            self.sessions,
+            self.spool,
+            receiver,
+            self.completion,
+            self.metrics,
+            self.audit,
+        )
+        return [dicomweb_mount(context)]
+
+    def _review(self) -> list[BaseRoute]:
+        """The radiologist's review page (/review): login, sessions, worklist."""
+        context = ReviewContext(self.settings.review, self.sessions, self.spool, self.audit)
+        return review_routes(context)
 
     def stop(self) -> None:
         if self._stop.is_set():

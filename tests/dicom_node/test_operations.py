@@ -29,10 +29,12 @@ from sqlalchemy.exc import DBAPIError
 from dicom_node.audit import os_user
 from dicom_node.cli import main
 from dicom_node.db.models import Analysis, AuditEvent, Instance, OutboxItem, StudyState
-from dicom_node.http import HealthServer, broker_check
 from dicom_node.logs import configure_logging, remove_handler
 from dicom_node.metrics import Metrics, QueueDepthCollector, broker_queue_depth
 from dicom_node.settings import LogSettings, load_settings
+from dicom_node.web.app import build_app
+from dicom_node.web.probes import Probes, broker_check
+from dicom_node.web.server import WebServer
 
 pytestmark = pytest.mark.integration
 
@@ -482,12 +484,8 @@ def test_health_server_on_port_zero_with_a_worker_check() -> None:
     """The HTTP server binds port 0 to a free port it reports, and a caller-supplied check
     (a worker's "model loaded") makes /readyz answer 503 naming it until it passes."""
     loaded = threading.Event()
-    server = HealthServer(
-        "127.0.0.1",
-        0,
-        Metrics(),
-        {"model": lambda: None if loaded.is_set() else "model not loaded"},
-    ).start()
+    probes = Probes({"model": lambda: None if loaded.is_set() else "model not loaded"})
+    server = WebServer(build_app(probes, Metrics()), "127.0.0.1", 0, probes=probes).start()
     try:
         assert server.port > 0
         assert get(server.port, "/healthz")[0] == 200

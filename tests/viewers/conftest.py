@@ -16,6 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from node_dicomweb import NodeDicomWeb
 from ohifkit import (
     SETUP_HINT,
     OhifServer,
@@ -51,27 +52,43 @@ def quirky_study(
     return make_quirky_study(result_study, tmp_path_factory.mktemp("quirky-study"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", params=["orthanc", "node"])
 def ohif(
+    request: pytest.FixtureRequest,
     viewer_tools: None,
     result_study: ResultStudy,
     quirky_study: ResultStudy,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OhifServer]:
-    """Orthanc holding the three studies, and OHIF served on the same origin as its
-    DICOMweb."""
-    with Orthanc(tmp_path_factory.mktemp("orthanc")) as orthanc:
-        for path in [*result_study.files, quirky_study.film, *quirky_study.objects.values()]:
-            orthanc.upload(path)
-        with OhifServer(orthanc) as server:
-            yield server
+    """The three studies in a DICOMweb server, and OHIF reading them: Orthanc's DICOMweb
+    plugin on OHIF's own origin; or the node's /dicom-web straight, across origins, with
+    the viewer's bearer token (films received by C-STORE, results as an analysis's outputs).
+    """
+    if request.param == "orthanc":
+        with Orthanc(tmp_path_factory.mktemp("orthanc")) as orthanc:
+            for path in [*result_study.files, quirky_study.film, *quirky_study.objects.values()]:
+                orthanc.upload(path)
+            with OhifServer(orthanc) as server:
+                yield server
+        return
+    with (
+        OhifServer() as server,
+        NodeDicomWeb(tmp_path_factory.mktemp("node"), server.url) as node,
+    ):
+        for film in (result_study.film_alone, result_study.film, quirky_study.film):
+            node.upload_film(film)
+        node.add_results(result_study.objects)
+        node.add_results(quirky_study.objects)
+        server.point_at(node.root, "GazeX node", node.token)
+        yield server
 
 
 def _drive(
     server: OhifServer, visits: list[Visit], out_dir: Path, name: str
 ) -> dict[str, ViewerReport]:
+    name = f"{name}-{server.backend}"
     try:
-        reports = drive(server.url, visits, out_dir)
+        reports = drive(server.url, visits, out_dir, server.query)
     finally:
         copy_artefacts(out_dir, name)
     return {report.name: report for report in reports}

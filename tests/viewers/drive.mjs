@@ -1,7 +1,8 @@
 // Drive OHIF v3 in the system Chromium (playwright-core downloads no browser) and report
 // what each visit drew. Usage: node drive.mjs JOB.json
 //
-// JOB.json: {baseUrl, outDir, chromium, visits: [{name, StudyInstanceUID, SeriesInstanceUID}]}
+// JOB.json: {baseUrl, query, outDir, chromium, visits: [{name, StudyInstanceUID, SeriesInstanceUID}]}
+// (query: appended to each viewer URL, e.g. "&token=..." for a DICOMweb server asking for one)
 // Writes outDir/report.json (a list, one object per visit, the fields of ohifkit.ViewerReport)
 // and outDir/<n>-<name>.png. Each visit gets a fresh browser context; the page may reach
 // nothing but 127.0.0.1 (anything else is refused and listed in blocked_requests).
@@ -170,7 +171,7 @@ const browser = await chromium.launch({
 async function visit(index, v) {
   const report = {
     name: v.name,
-    url: `${job.baseUrl}/viewer?StudyInstanceUIDs=${encodeURIComponent(v.StudyInstanceUID)}`,
+    url: `${job.baseUrl}/viewer?StudyInstanceUIDs=${encodeURIComponent(v.StudyInstanceUID)}${job.query ?? ''}`,
     screenshot: join(job.outDir, `${index + 1}-${v.name.replace(/[^A-Za-z0-9_.-]+/g, '_')}.png`),
     rendered: false,
     series_opened: false,

@@ -1,4 +1,5 @@
-"""OHIF v3 in a real Chromium against a real Orthanc: the pieces tests/viewers is made of.
+"""OHIF v3 in a real Chromium against a real Orthanc or the node: the pieces tests/viewers is
+made of.
 
 - :class:`Orthanc`: a private Orthanc on a free loopback port, DICOMweb plugin on, no auth,
   no DICOM port, storage in a temporary folder; files go in with REST ``POST /instances``.
@@ -160,10 +161,9 @@ class Orthanc:
 # --- OHIF's dist, same origin as DICOMweb -------------------------------------------------
 
 
-def app_config(origin: str) -> str:
-    """OHIF's ``window.config``: one DICOMweb data source at ``origin``/dicom-web (the
-    shape of OHIF's own config/local_orthanc.js, minus upload, reject and fuzzy match)."""
-    root = f"{origin}/dicom-web"
+def app_config(root: str, name: str = "GazeX test Orthanc") -> str:
+    """OHIF's ``window.config``: one DICOMweb data source at ``root`` (the shape of OHIF's
+    own config/local_orthanc.js, minus upload, reject and fuzzy match)."""
     config = {
         "routerBasename": None,
         "extensions": [],
@@ -182,7 +182,7 @@ def app_config(origin: str) -> str:
                 "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
                 "sourceName": "orthanc",
                 "configuration": {
-                    "friendlyName": "GazeX test Orthanc",
+                    "friendlyName": name,
                     "name": "orthanc",
                     "wadoUriRoot": root,
                     "qidoRoot": root,
@@ -253,18 +253,32 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class OhifServer:
-    """OHIF's dist on a free loopback port, DICOMweb forwarded to ``orthanc``."""
+    """OHIF's dist on a free loopback port, DICOMweb forwarded to ``orthanc`` on the same
+    origin; or, after ``point_at``, reading another server's DICOMweb straight (across
+    origins, as a viewer served apart from the archive does)."""
 
-    def __init__(self, orthanc: Orthanc) -> None:
+    def __init__(self, orthanc: Orthanc | None = None) -> None:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self.port = int(self._server.server_address[1])
-        self._server.orthanc_port = orthanc.port
-        self._server.app_config = app_config(self.url).encode()
+        self._server.orthanc_port = orthanc.port if orthanc is not None else 0
+        self._server.app_config = app_config(f"{self.url}/dicom-web").encode()
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        #: which DICOMweb server OHIF reads: names the artefacts of each
+        self.backend = "orthanc"
+        #: appended to each viewer URL (the node's bearer token)
+        self.query = ""
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def point_at(self, root: str, name: str, token: str, backend: str = "node") -> None:
+        """Make OHIF read the DICOMweb service at ``root`` with a bearer ``token``: OHIF v3
+        takes one from its URL (``?token=``) and sends it with every request (its data
+        source has no place for HTTP basic credentials)."""
+        self._server.app_config = app_config(root, name).encode()
+        self.query = f"&token={token}"
+        self.backend = backend
 
     def __enter__(self) -> OhifServer:
         self._thread.start()
@@ -353,14 +367,18 @@ class ViewerReport:
         return bool(self.page_errors) or self.error_boundary
 
 
-def drive(base_url: str, visits: Iterable[Visit], out_dir: Path) -> list[ViewerReport]:
+def drive(
+    base_url: str, visits: Iterable[Visit], out_dir: Path, query: str = ""
+) -> list[ViewerReport]:
     """Visit each page in one Chromium (a fresh browser context per visit); screenshots and
-    ``report.json`` go to ``out_dir``. Raises if the driver itself fails or overruns (it
-    gives each visit at most a minute: a visit usually takes 4 to 8 s)."""
+    ``report.json`` go to ``out_dir``; ``query`` is appended to each viewer URL. Raises if
+    the driver itself fails or overruns (it gives each visit at most a minute: a visit
+    usually takes 4 to 8 s)."""
     visits = list(visits)
     out_dir.mkdir(parents=True, exist_ok=True)
     job = {
         "baseUrl": base_url,
+        "query": query,
         "outDir": str(out_dir),
         "chromium": chromium_path(),
         "visits": [

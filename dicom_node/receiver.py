@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -18,9 +19,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node import lifecycle
 from dicom_node.audit import AuditLog
+from dicom_node.completion import CompletionTracker
 from dicom_node.db.models import Instance, Study, StudyState, utcnow
 from dicom_node.errors import OutOfResources
-from dicom_node.scp.completion import CompletionTracker
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool, short_hash
 
@@ -79,19 +80,64 @@ class Receiver:
         relative = self._spool.relative_path(
             instance.StudyInstanceUID, instance.SeriesInstanceUID, instance.SOPInstanceUID
         )
-        try:
-            with self._sessions() as session:
-                previous = session.scalar(
-                    select(Instance).where(Instance.SOPInstanceUID == instance.SOPInstanceUID)
-                )
-        except SQLAlchemyError as exc:
-            raise OutOfResources("database unavailable") from exc
+        previous = self._previous(instance)
         if previous is not None and self._spool.same_bytes(previous.path, *data):
             logger.info("instance %s resent with identical bytes: no-op", _tag(instance))
             return StoreOutcome.DUPLICATE
 
         self._spool.write(relative, *data)
         size = sum(len(memoryview(part).cast("B")) for part in data)
+        return self._commit(instance, relative, size, calling_ae, association, previous)
+
+    def store_file(
+        self,
+        staged: Path,
+        instance: ReceivedInstance,
+        calling_ae: str,
+        association: int,
+    ) -> StoreOutcome:
+        """As ``store``, for a complete file already written to ``staged`` (from
+        ``Spool.staging_file``, e.g. a STOW-RS part): it is adopted by rename, never copied.
+
+        ``staged`` is gone once this returns STORED or REPLACED; on DUPLICATE or an error
+        it is left where it is, for the caller to remove. Raises OutOfResources with
+        nothing half-written, as ``store`` does.
+        """
+        relative = self._spool.relative_path(
+            instance.StudyInstanceUID, instance.SeriesInstanceUID, instance.SOPInstanceUID
+        )
+        previous = self._previous(instance)
+        if previous is not None and self._spool.same_file(previous.path, staged):
+            logger.info("instance %s resent with identical bytes: no-op", _tag(instance))
+            return StoreOutcome.DUPLICATE
+        try:
+            size = staged.stat().st_size
+        except OSError as exc:
+            raise OutOfResources(f"staged file unreadable: {exc.strerror}") from exc
+        self._spool.adopt(staged, relative)
+        return self._commit(instance, relative, size, calling_ae, association, previous)
+
+    def _previous(self, instance: ReceivedInstance) -> Instance | None:
+        """The row of an earlier copy of this SOP instance, if any."""
+        try:
+            with self._sessions() as session:
+                return session.scalar(
+                    select(Instance).where(Instance.SOPInstanceUID == instance.SOPInstanceUID)
+                )
+        except SQLAlchemyError as exc:
+            raise OutOfResources("database unavailable") from exc
+
+    def _commit(
+        self,
+        instance: ReceivedInstance,
+        relative: Path,
+        size: int,
+        calling_ae: str,
+        association: int,
+        previous: Instance | None,
+    ) -> StoreOutcome:
+        """Index the file just made durable at ``relative``; on a database failure remove
+        it again (unless it replaced an earlier copy) and raise OutOfResources."""
         try:
             study_id = self._index(instance, relative.as_posix(), size, calling_ae)
         except SQLAlchemyError as exc:

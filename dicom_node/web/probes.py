@@ -1,33 +1,23 @@
-"""The small HTTP port of every process: ``/healthz``, ``/readyz`` and ``/metrics``.
+"""Readiness checks behind ``/readyz``: each returns None when fine, else a short reason.
 
-- ``/healthz``: 200 while the process runs (liveness).
-- ``/readyz``: 200 when every readiness check passes, else 503; the JSON body names each
-  check and what failed. The node checks the database (a real query), the broker and the
-  spool's free space against ``spool.min_free_mb``; a worker adds its own checks (e.g.
-  "model loaded"). Checks run in parallel with a short time limit, so the answer comes
-  within the probe's timeout even when a peer hangs.
-- ``/metrics``: the process's ``Metrics`` registry in the Prometheus text format.
-
-Plain HTTP, no authentication: keep the port on a management network (deploy/README.md).
+The node checks the database (a real query), the broker and the spool's free space
+against ``spool.min_free_mb``; a worker adds its own checks (e.g. "model loaded"). Checks
+run in parallel with a short time limit, so the answer comes within the probe's timeout
+even when a peer hangs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from dicom_node.errors import port_error
-from dicom_node.metrics import Metrics
 from dicom_node.settings import Settings
 from dicom_node.spool import space_shortfall
 
@@ -139,33 +129,13 @@ def run_checks(checks: Mapping[str, Check], timeout: float = CHECK_TIMEOUT) -> d
         return {name: results.get(name, f"no answer within {timeout:g} s") for name in checks}
 
 
-class HealthServer:
-    """A threaded HTTP server for the probes and the metrics; ``port`` 0 picks a free one."""
+class Probes:
+    """The readiness checks of one process; ``add`` takes a worker's own (model loaded)."""
 
-    def __init__(
-        self,
-        bind: str,
-        port: int,
-        metrics: Metrics,
-        checks: Mapping[str, Check] | None = None,
-    ) -> None:
-        self.metrics = metrics
+    def __init__(self, checks: Mapping[str, Check] | None = None) -> None:
         self.checks: dict[str, Check] = dict(checks or {})
-        self._server = ThreadingHTTPServer((bind, port), _handler_class(self))
-        self._server.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
-    @property
-    def address(self) -> tuple[str, int]:
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
-
-    @property
-    def port(self) -> int:
-        return self.address[1]
-
-    def add_check(self, name: str, check: Check) -> None:
-        """Add a readiness check (a worker's "model loaded")."""
+    def add(self, name: str, check: Check) -> None:
         self.checks[name] = check
 
     def readiness(self) -> tuple[list[str], dict[str, object]]:
@@ -178,73 +148,3 @@ class HealthServer:
             "checks": results,
         }
         return failed, body
-
-    def start(self) -> HealthServer:
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="gazex-http",
-            daemon=True,
-        )
-        self._thread.start()
-        logger.info("HTTP /healthz /readyz /metrics on %s:%d", *self.address)
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(timeout=5)
-            self._thread = None
-        self._server.server_close()
-
-
-def _handler_class(owner: HealthServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "gazex"
-        sys_version = ""
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/healthz":
-                self._send(200, "application/json", b'{"status": "alive"}\n')
-            elif path == "/readyz":
-                failed, body = owner.readiness()
-                if failed:
-                    logger.warning("not ready: %s", ", ".join(failed))
-                payload = (json.dumps(body) + "\n").encode()
-                self._send(503 if failed else 200, "application/json", payload)
-            elif path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, owner.metrics.exposition())
-            else:
-                self._send(404, "application/json", b'{"error": "not found"}\n')
-
-        def _send(self, status: int, content_type: str, payload: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(payload)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, format: str, *args: object) -> None:
-            logger.debug("http %s", format % args)
-
-    return Handler
-
-
-def start_http(
-    settings: Settings,
-    engine: Engine,
-    metrics: Metrics,
-    extra_checks: Mapping[str, Check] | None = None,
-) -> HealthServer | None:
-    """Start the HTTP port as ``settings.http`` says (the node, and each worker with its
-    own checks, e.g. ``{"model": ...}``); None when disabled. A port that cannot be bound
-    raises StartError naming it: probes answering for another process would lie."""
-    if not settings.http.enabled:
-        return None
-    checks = {**standard_checks(settings, engine), **(extra_checks or {})}
-    try:
-        return HealthServer(settings.http.bind, settings.http.port, metrics, checks).start()
-    except OSError as exc:
-        raise port_error("http.port", settings.http.bind, settings.http.port, exc) from None

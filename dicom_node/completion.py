@@ -26,7 +26,7 @@ from dicom_node import lifecycle
 from dicom_node.audit import AuditLog
 from dicom_node.db.models import Analysis, AnalysisState, Instance, Study, StudyState, utcnow
 from dicom_node.metrics import Metrics
-from dicom_node.scp.routing import InstanceFacts, route
+from dicom_node.routing import InstanceFacts, route
 from dicom_node.settings import Settings
 from dicom_node.spool import short_hash
 

@@ -1,0 +1,1 @@
+"""The HTTP port: probes, metrics and DICOMweb, one ASGI app per process."""
