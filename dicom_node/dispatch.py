@@ -19,6 +19,9 @@ logger = logging.getLogger(__name__)
 #: Task names: the node and the workers agree on these, never on imports.
 ANALYZE_STUDY = "gazex.analyze_study"
 NOTIFY = "gazex.notify"
+#: A radiologist's signature (review id): build the verified SR, then its ORU^R01.
+SIGN_REVIEW = "gazex.sign_review"
+NOTIFY_REVIEW = "gazex.notify_review"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -34,6 +37,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_routes": {
             ANALYZE_STUDY: {"queue": settings.broker.analysis_queue},
             NOTIFY: {"queue": settings.broker.io_queue},
+            SIGN_REVIEW: {"queue": settings.broker.io_queue},
+            NOTIFY_REVIEW: {"queue": settings.broker.io_queue},
         },
     }
     if settings.broker_url.startswith("filesystem://"):
@@ -74,6 +79,16 @@ class Dispatcher:
                 "interval_start": 0.2,
                 "interval_step": 0.5,
             },
+        )
+
+    def sign_review(self, review_id: int) -> None:
+        """Hand a signature to the workers; raises on broker failure (the review row stays
+        pending and is handed on again at the next start)."""
+        self._app.send_task(
+            SIGN_REVIEW,
+            args=[review_id],
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
         )
 
     def close(self) -> None:

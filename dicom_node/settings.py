@@ -221,6 +221,9 @@ class ReviewSettings(_Section):
     #: which that host's logins are refused (429) until the window has passed.
     login_max_failures: Annotated[int, Field(ge=1)] = 5
     login_failure_window: Annotated[float, Field(gt=0)] = 15 * 60.0
+    #: The reviewers' organisation in a verified SR (VerifyingOrganization) when the film
+    #: names no InstitutionName; default: ``hl7.sending_facility``.
+    organization: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 class LogSettings(_Section):

@@ -171,13 +171,16 @@ class Reviewer:
 
     @property
     def person_name(self) -> PersonName:
-        return PersonName.from_named_components(
+        """The PN; a family name alone (an account name) keeps a trailing ``^`` so that it
+        reads as a family name, not as the retired free-form name (PS3.5 6.2.1.2)."""
+        name = PersonName.from_named_components(
             family_name=self.family_name,
             given_name=self.given_name,
             middle_name=self.middle_name,
             name_prefix=self.name_prefix,
             name_suffix=self.name_suffix,
         )
+        return name if "^" in str(name) else PersonName(f"{name}^")
 
 
 @dataclass(frozen=True)

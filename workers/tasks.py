@@ -21,7 +21,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 from sqlalchemy.exc import OperationalError
 
-from dicom_node.dispatch import ANALYZE_STUDY, NOTIFY
+from dicom_node.dispatch import ANALYZE_STUDY, NOTIFY, NOTIFY_REVIEW, SIGN_REVIEW
 from dicom_node.errors import (
     AnalysisRefused,
     DeliveryError,
@@ -30,7 +30,7 @@ from dicom_node.errors import (
     OutOfResources,
 )
 from dicom_node.logs import bind
-from workers import analysis, notification
+from workers import analysis, notification, review
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,11 @@ TRANSIENT = (OperationalError, DeliveryError, OutOfResources, MLLPTransportError
 #: Input no retry will change: rejected, never redelivered.
 POISON = (AnalysisRefused, HL7BuildError)
 #: What records a task's final failure, by task name.
-GIVE_UP = {NOTIFY: notification.give_up}
+GIVE_UP = {
+    NOTIFY: notification.give_up,
+    SIGN_REVIEW: review.give_up,
+    NOTIFY_REVIEW: notification.give_up_review,
+}
 
 
 class GazexTask(Task):  # type: ignore[misc]
@@ -93,3 +97,18 @@ def analyze_study(study_id: int) -> str:
 def notify(analysis_id: int) -> str:
     """Send an analysis's ORU^R01 and record the ACK."""
     return notification.notify(WorkerContext.current(), analysis_id)
+
+
+@app.task(name=SIGN_REVIEW)  # type: ignore[untyped-decorator]
+def sign_review(review_id: int) -> str:
+    """Build a signed review's verified SR and route it; hand its ORU^R01 on."""
+    outcome = review.sign_review(WorkerContext.current(), review_id)
+    if outcome.notify:
+        app.send_task(NOTIFY_REVIEW, args=[review_id])
+    return outcome.status
+
+
+@app.task(name=NOTIFY_REVIEW)  # type: ignore[untyped-decorator]
+def notify_review(review_id: int) -> str:
+    """Send a signed review's ORU^R01 (F, or C for a correction) and record the ACK."""
+    return notification.notify_review(WorkerContext.current(), review_id)

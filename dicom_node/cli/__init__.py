@@ -84,7 +84,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register the node's own subcommands."""
-    from dicom_node.cli import ae, audit, database, serve, status, user
+    from dicom_node.cli import ae, audit, database, feedback, serve, status, user
 
-    for group in (serve, status, ae, database, audit, user):
+    for group in (serve, status, ae, database, audit, user, feedback):
         group.register(subparsers)

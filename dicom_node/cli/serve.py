@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace, settings: Settings, overrides: dict[str, Any]
     from dicom_node.scp.server import Node
 
     dispatcher = Dispatcher(settings)
-    node = Node.build(settings, dispatcher.analyze_study)
+    node = Node.build(settings, dispatcher.analyze_study, dispatcher.sign_review)
     workers = (
         WorkerSupervisor(
             args.config,

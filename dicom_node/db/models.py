@@ -365,3 +365,42 @@ class WebSession(Base):
     address: Mapped[str | None] = mapped_column(String(300))
 
     user: Mapped[User] = relationship()
+
+
+class ReviewState(StrEnum):
+    PENDING = "pending"  # signed; the verified SR is being built
+    BUILT = "built"  # the verified SR is in the spool and the outbox
+    FAILED = "failed"  # the verified SR could not be built (the reason is kept)
+
+
+class SignedReview(Base):
+    """A radiologist's signature on one analysis: the decisions per finding, one revision
+    per signature (1, 2, ... for each analysis), and what came of it (the verified SR
+    revision, its HL7 ORU^R01 with the ACK). The decisions hold finding codes, reasons and
+    boxes only, never patient data."""
+
+    __tablename__ = "review"
+    __table_args__ = (UniqueConstraint("analysis_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("study.id", ondelete="CASCADE"), index=True)
+    analysis_id: Mapped[int] = mapped_column(
+        ForeignKey("analysis.id", ondelete="CASCADE"), index=True
+    )
+    revision: Mapped[int] = mapped_column(Integer)
+    #: The signer: always the logged-in user of the request that signed.
+    user_id: Mapped[int] = mapped_column(ForeignKey("review_user.id"), index=True)
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    #: JSON: {"decisions": [{finding, meaning, decision, reason?, box?}], "added": [...]}.
+    decisions: Mapped[str] = mapped_column(Text)
+    state: Mapped[ReviewState] = mapped_column(_enum(ReviewState), index=True)
+    #: The verified SR revision, once built.
+    SOPInstanceUID: Mapped[str | None] = mapped_column(UID)
+    #: MSH-10 of its ORU^R01 (status F, or C from revision 2), and what came back.
+    control_id: Mapped[str | None] = mapped_column(String(20))
+    hl7_state: Mapped[NotificationState | None] = mapped_column(_enum(NotificationState))
+    ack_code: Mapped[str | None] = mapped_column(String(2))
+    error: Mapped[str | None] = mapped_column(Text)
+    built_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    user: Mapped[User] = relationship()

@@ -4,11 +4,17 @@
 
     GET  /review/login            the login page (no session needed)
     POST /review/login            name, password, csrf -> 303 to /review/ with the cookie
-    GET  /review/static/...       the login page's stylesheet (no session needed)
+    GET  /review/static/review.css  the login page's stylesheet (no session needed)
     POST /review/logout           ends the session (CSRF-checked) -> 303 to the login page
-    GET  /review/                 the landing page (the review page proper comes later)
+    GET  /review/, /review/studies/{key}, /review/static/app/...
+                                  the review page: a browser app (``dicom_node.review.pages``)
     GET  /review/api/me           {name, role, csrf}
     GET  /review/api/worklist     ?state=&q=&limit=&offset= (``dicom_node.review.worklist``)
+    GET  /review/api/studies/{key}        one study's details (``dicom_node.review.signing``)
+    POST /review/api/studies/{key}/sign   the session user's signature -> 202 (the workers
+                                          build the verified SR and send the ORU^R01)
+    GET  /review/dicom-web/...    the node's QIDO-RS and WADO-RS (read only), given by the
+                                  node as ``image_routes``, under the same session
 
 Everything but the login page, its POST and its stylesheet needs a valid session
 (``RequireSession``): an API route answers 401 with a one-line JSON error, a page 303 to
@@ -33,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import html
+import json
 import logging
 import re
 import secrets
@@ -54,6 +61,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicom_node.audit import AuditLog
 from dicom_node.review.accounts import LoginThrottle, SessionUser, WebSessions
+from dicom_node.review.pages import page_routes
+from dicom_node.review.signing import (
+    BadSignature,
+    NotAllowed,
+    NotSignable,
+    StudyReview,
+    UnknownStudy,
+    dispatch_review,
+    pending_reviews,
+)
 from dicom_node.review.worklist import MAX_LIMIT, Worklist, parse_states
 from dicom_node.settings import ReviewSettings
 from dicom_node.spool import Spool
@@ -66,6 +83,7 @@ CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_FORM_BYTES = 64 * 1024
+MAX_SIGN_BYTES = 256 * 1024
 NOTICE = "GazeX Node review — research use, not for clinical use"
 SECURITY_HEADERS = {
     "cache-control": "no-store",
@@ -88,6 +106,8 @@ class ReviewContext:
     sessions: sessionmaker[Session]
     spool: Spool
     audit: AuditLog | None = None
+    #: Hands a new signature (its review id) to the workers (``gazex.sign_review``).
+    dispatch: Callable[[int], None] | None = None
 
 
 class _Review:
@@ -101,23 +121,41 @@ class _Review:
         self.throttle = LoginThrottle(
             ctx.settings.login_max_failures, ctx.settings.login_failure_window
         )
+        self.study = StudyReview(ctx.sessions, ctx.spool, self.worklist, self.audit, ctx.dispatch)
 
 
-def review_routes(ctx: ReviewContext) -> list[BaseRoute]:
-    """The routes the node adds to its HTTP port for the review page."""
+def hand_on_pending(ctx: ReviewContext) -> int:
+    """Dispatch again the signatures recorded but not built (the node was stopped, or the
+    broker was down); the task is idempotent. Returns how many."""
+    pending = pending_reviews(ctx.sessions)
+    for review_id in pending:
+        dispatch_review(ctx.dispatch, review_id)
+    if pending:
+        logger.info("handed %d pending signature(s) to the workers again", len(pending))
+    return len(pending)
+
+
+def review_routes(
+    ctx: ReviewContext, image_routes: list[BaseRoute] | None = None
+) -> list[BaseRoute]:
+    """The routes the node adds to its HTTP port for the review page; ``image_routes``
+    (the node's read-only DICOMweb) are mounted at /review/dicom-web behind the session."""
     review = _Review(ctx)
     pages = _Pages(review)
     return [
         Mount(
             "/review",
             routes=[
-                Route("/", pages.home, methods=["GET"]),
+                *page_routes(),
                 Route("/login", pages.login_form, methods=["GET"]),
                 Route("/login", pages.login, methods=["POST"]),
                 Route("/logout", pages.logout, methods=["POST"]),
                 Route("/static/review.css", pages.stylesheet, methods=["GET"]),
                 Route("/api/me", pages.me, methods=["GET"]),
                 Route("/api/worklist", pages.worklist, methods=["GET"]),
+                Route("/api/studies/{key}", pages.study, methods=["GET"]),
+                Route("/api/studies/{key}/sign", pages.sign, methods=["POST"]),
+                *([Mount("/dicom-web", routes=image_routes)] if image_routes else []),
             ],
             middleware=[Middleware(RequireSession, review=review)],
         )
@@ -150,7 +188,7 @@ def _address(scope: Scope) -> tuple[str | None, str]:
 
 
 def _public(path: str) -> bool:
-    return path == "/login" or path.startswith("/static/")
+    return path in ("/login", "/static/review.css")
 
 
 def _with_security_headers(send: Send) -> Send:
@@ -193,7 +231,7 @@ class RequireSession:
                 await _json(503, "the node's database is unavailable")(scope, receive, send)
                 return
         if user is None:
-            if path.startswith("/api/"):
+            if path.startswith(("/api/", "/dicom-web/")):
                 response: Response = _json(401, "login required (no valid session)")
             else:
                 response = RedirectResponse(f"{_mount_root(scope)}/login", status_code=303)
@@ -392,10 +430,6 @@ class _Pages:
         )
         return response
 
-    async def home(self, request: Request) -> Response:
-        user = _session_user(request)
-        return HTMLResponse(_home_html(_mount_root(request.scope), user))
-
     async def stylesheet(self, request: Request) -> Response:
         return Response(STYLESHEET, media_type="text/css")
 
@@ -415,6 +449,40 @@ class _Pages:
             return _json(400, str(exc).splitlines()[0])
         page = await _blocking(self.review.worklist.page, states, params.get("q"), limit, offset)
         return JSONResponse(page.to_json())
+
+    async def study(self, request: Request) -> Response:
+        try:
+            detail = await _blocking(self.review.study.detail, request.path_params["key"])
+        except UnknownStudy as exc:
+            return _json(404, str(exc))
+        return JSONResponse(detail)
+
+    async def sign(self, request: Request) -> Response:
+        address, _ = _address(request.scope)
+        body = await _read_body(request.receive, MAX_SIGN_BYTES)
+        if body is None:
+            return _json(400, f"the body must be JSON of at most {MAX_SIGN_BYTES} bytes")
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            return _json(400, "the body is not JSON")
+        try:
+            record = await _blocking(
+                self.review.study.sign,
+                request.path_params["key"],
+                _session_user(request),
+                decoded,
+                address,
+            )
+        except UnknownStudy as exc:
+            return _json(404, str(exc))
+        except BadSignature as exc:
+            return _json(400, str(exc).splitlines()[0])
+        except NotAllowed as exc:
+            return _json(403, str(exc))
+        except NotSignable as exc:
+            return _json(409, str(exc))
+        return JSONResponse(record, status_code=202)
 
 
 # -- HTML --------------------------------------------------------------------------------
@@ -459,16 +527,4 @@ def _login_html(root: str, token: str, message: str | None) -> str:
         '<input type="password" id="password" name="password" '
         'autocomplete="current-password" required>'
         '<button type="submit">Log in</button></form>',
-    )
-
-
-def _home_html(root: str, user: SessionUser) -> str:
-    return _page(
-        root,
-        "GazeX Node review",
-        "<h1>GazeX Node review</h1>"
-        f"<p>Logged in as {html.escape(user.name)} ({html.escape(user.role)}).</p>"
-        f'<form method="post" action="{html.escape(root)}/logout">'
-        f'<input type="hidden" name="{CSRF_FIELD}" value="{html.escape(user.csrf)}">'
-        '<button type="submit">Log out</button></form>',
     )

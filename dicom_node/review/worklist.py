@@ -7,8 +7,9 @@ A study is on the worklist once its analysis ended: results built (``analysed``,
     out_of_domain     results built, but the domain gate says the film is unlike the
                       training films: its findings are withheld here
     failed            the analysis refused the study (the reason is given)
-    signed            a radiologist signed it (``signed_at``; nothing can sign yet: the
-                      hook is ``_signed_at``, which will read the review record)
+    signed            a radiologist signed it: a review of this analysis whose verified
+                      SR was built (``signed_at``, from the ``review`` table); it reopens
+                      read-only with its history, and a new signature is a correction
 
 The database holds no patient data, so the accession number and study date and time are
 read from the analysed instance's header in the spool (``dcmread``, no pixels), and the
@@ -29,17 +30,25 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import and_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.db.models import Analysis, AnalysisState, Instance, Study, StudyState
+from dicom_node.db.models import (
+    Analysis,
+    AnalysisState,
+    Instance,
+    SignedReview,
+    Study,
+    StudyState,
+)
+from dicom_node.db.models import ReviewState as SignedReviewState
 from dicom_node.settings import ReviewSettings
 from dicom_node.spool import Spool, short_hash
 
@@ -173,9 +182,20 @@ def parse_states(text: str | None) -> frozenset[ReviewState] | None:
     return frozenset(states)
 
 
-def _signed_at(study: Study, analysis: Analysis | None) -> datetime | None:
-    """When a radiologist signed this analysis: the hook for the review record (none yet)."""
-    return None
+def _signed_at(session: Session, analysis: Analysis | None) -> datetime | None:
+    """When a radiologist last signed this analysis (a review whose verified SR was built);
+    None while it is unsigned or its first signature is still being recorded."""
+    if analysis is None:
+        return None
+    signed: datetime | None = session.scalar(
+        select(func.max(SignedReview.signed_at)).where(
+            SignedReview.analysis_id == analysis.id,
+            SignedReview.state == SignedReviewState.BUILT,
+        )
+    )
+    if signed is not None and signed.tzinfo is None:  # SQLite drops the zone in max()
+        signed = signed.replace(tzinfo=UTC)
+    return signed
 
 
 class Worklist:
@@ -249,7 +269,7 @@ class Worklist:
         failed = study.state is StudyState.FAILED
         if not failed and (analysis is None or analysis.state is not AnalysisState.SUCCEEDED):
             return None  # between states; it shows once its analysis row says so
-        signed_at = _signed_at(study, analysis)
+        signed_at = _signed_at(session, analysis)
         if failed:
             state = ReviewState.FAILED
         elif signed_at is not None:

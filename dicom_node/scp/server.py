@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute
 from dicom_node import db
 from dicom_node.audit import AuditLog, os_user
 from dicom_node.completion import CompletionTracker, DispatchFunc
+from dicom_node.dicomweb import qido, wado
 from dicom_node.dicomweb.context import DicomWebContext
 from dicom_node.dicomweb.routes import dicomweb_mount
 from dicom_node.errors import port_error
@@ -25,7 +26,7 @@ from dicom_node.metrics import Metrics, QueueDepthCollector, StudiesCollector
 from dicom_node.outbox import Outbox
 from dicom_node.peers import PeerDirectory
 from dicom_node.receiver import Receiver
-from dicom_node.review.web import ReviewContext, review_routes
+from dicom_node.review.web import ReviewContext, hand_on_pending, review_routes
 from dicom_node.scp.handlers import StoreSCPHandlers
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool, space_shortfall
@@ -136,9 +137,13 @@ class Node:
     _server: Any = None
     _stop: threading.Event = field(default_factory=threading.Event)
     _outbox_thread: threading.Thread | None = None
+    #: Hands a radiologist's signature (review id) to the workers.
+    review_dispatch: DispatchFunc | None = None
 
     @classmethod
-    def build(cls, settings: Settings, dispatch: DispatchFunc) -> Node:
+    def build(
+        cls, settings: Settings, dispatch: DispatchFunc, review_dispatch: DispatchFunc | None = None
+    ) -> Node:
         engine = db.make_engine(settings.database_url, echo=settings.database.echo)
         sessions = db.make_sessionmaker(engine)
         spool = Spool(settings.spool_path)
@@ -166,7 +171,19 @@ class Node:
             assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        return cls(settings, engine, sessions, spool, peers, completion, outbox, ae, metrics, audit)
+        return cls(
+            settings,
+            engine,
+            sessions,
+            spool,
+            peers,
+            completion,
+            outbox,
+            ae,
+            metrics,
+            audit,
+            review_dispatch=review_dispatch,
+        )
 
     def start(self) -> tuple[str, int]:
         """Start the loops and the SCP; returns the address it listens on."""
@@ -178,7 +195,7 @@ class Node:
             self.settings,
             self.engine,
             self.metrics,
-            routes=[*self._dicomweb(receiver), *self._review()],
+            routes=[*self._dicomweb(receiver), *self._review(receiver)],
             tls=self.settings.tls.enabled,
         )
         self.peers.seed(self.settings.peers, actor=f"{os_user()} (settings file)")
@@ -230,10 +247,29 @@ class Node:
         )
         return [dicomweb_mount(context)]
 
-    def _review(self) -> list[BaseRoute]:
-        """The radiologist's review page (/review): login, sessions, worklist."""
-        context = ReviewContext(self.settings.review, self.sessions, self.spool, self.audit)
-        return review_routes(context)
+    def _review(self, receiver: Receiver) -> list[BaseRoute]:
+        """The radiologist's review page (/review): login, sessions, worklist, signing, and
+        the read-only DICOMweb (QIDO-RS, WADO-RS) at /review/dicom-web behind its session,
+        whether or not ``dicomweb.enabled`` opens it to peers."""
+        base_path = "/review/dicom-web"  # what the answers' URLs (BulkDataURI, ...) name
+        images = DicomWebContext(
+            self.settings.model_copy(
+                update={
+                    "dicomweb": self.settings.dicomweb.model_copy(update={"base_path": base_path})
+                }
+            ),
+            self.sessions,
+            self.spool,
+            receiver,
+            self.completion,
+            self.metrics,
+            self.audit,
+        )
+        context = ReviewContext(
+            self.settings.review, self.sessions, self.spool, self.audit, self.review_dispatch
+        )
+        hand_on_pending(context)
+        return review_routes(context, image_routes=[*qido.routes(images), *wado.routes(images)])
 
     def stop(self) -> None:
         if self._stop.is_set():

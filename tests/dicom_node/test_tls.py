@@ -1,11 +1,14 @@
-"""DICOM TLS: a CA made in the test, server and client certificates, DCMTK as the client."""
+"""DICOM TLS: a CA made in the test, server and client certificates, DCMTK as the client;
+and the same settings on the HTTP port (DICOMweb) with httpx as the client."""
 
 from __future__ import annotations
 
+import ssl
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 from nodekit import RunningNode
 
@@ -121,3 +124,36 @@ def test_tls_association_with_client_certificate(
         str(tmp_path / "ca.crt"),
     )
     assert intruder.returncode != 0
+
+
+def test_the_http_port_speaks_tls_with_the_same_certificate_and_client_rules(
+    start_node: Callable[..., RunningNode], tmp_path: Path
+) -> None:
+    """With TLS on, the HTTP port (DICOMweb, probes) answers over TLS with the node's
+    certificate and asks for a client certificate from the CA as the DICOM port does; a
+    plain HTTP request and a client without a certificate get nothing."""
+    make_ca(tmp_path, "ca")
+    make_cert(tmp_path, "ca", "server")
+    make_cert(tmp_path, "ca", "client")
+    node = start_node(
+        tls={
+            "enabled": True,
+            "cert_file": tmp_path / "server.crt",
+            "key_file": tmp_path / "server.key",
+            "ca_file": tmp_path / "ca.crt",
+            "require_client_cert": True,
+        },
+        dicomweb__allow_anonymous=True,
+    )
+    assert node.node.http is not None
+    base = f"127.0.0.1:{node.node.http.port}"
+    context = ssl.create_default_context(cafile=tmp_path / "ca.crt")
+    context.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    with httpx.Client(verify=context, timeout=10) as client:
+        assert client.get(f"https://{base}/dicom-web/studies").json() == []
+        assert client.get(f"https://{base}/healthz").status_code == 200
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://{base}/healthz", timeout=10)
+    bare = ssl.create_default_context(cafile=tmp_path / "ca.crt")
+    with pytest.raises(httpx.HTTPError), httpx.Client(verify=bare, timeout=10) as client:
+        client.get(f"https://{base}/healthz")

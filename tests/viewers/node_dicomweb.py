@@ -12,6 +12,7 @@ import socket
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE
@@ -33,7 +34,8 @@ def _free_port() -> int:
 class NodeDicomWeb:
     """A node whose ``/dicom-web`` a browser viewer on ``viewer_origin`` may call."""
 
-    def __init__(self, folder: Path, viewer_origin: str) -> None:
+    def __init__(self, folder: Path, viewer_origin: str, **overrides: Any) -> None:
+        """``overrides``: more settings, as ``load_settings`` takes them (``hl7__port``...)."""
         self.folder = folder
         url = f"sqlite:///{folder / 'gazex.sqlite3'}"
         db.upgrade(url)
@@ -47,6 +49,7 @@ class NodeDicomWeb:
             http__port=0,
             completion__quiet_period=0.2,
             dicomweb__cors_origins=[viewer_origin],
+            **overrides,
         )
         # No broker: a complete study waits as queued, which is all a viewer needs.
         self.node = Node.build(self.settings, lambda study_id: None)

@@ -19,8 +19,14 @@ Layout (one order, every OBX with result status P):
 - OBX CWE  the domain gate's verdict (within / outside the training domain), when checked;
   out of domain, an OBX TX with its notice.
 - OBX NM   one per finding: OBX-3 the finding code, OBX-5 its probability in %,
-  OBX-8 ``A`` when the model calls it present, ``N`` when absent (empty out of domain:
-  no call is made on a film unlike the training films).
+  OBX-8 ``A`` when the model calls it present, ``AA`` (critical abnormal, HL7 table 0078)
+  when it is also one of the caller's ``critical_codes``, ``N`` when absent (empty out of
+  domain: no call is made on a film unlike the training films).
+
+A radiologist's signature (``workers.review``) sends the same message with result status
+F (OBR-25, every OBX-11), C for a later signature (a correction), the verified SR in the
+RP OBX, and the reviewer's verdicts as the present/absent calls (``reviewed``: a rejected
+finding is absent, an added one present; the probability stays the model's).
 - OBX TX   one per ABCDEF section and one for the impression; lines are OBX-5 repetitions.
 - OBX CWE  one per ABCDEF step the trajectory skipped ("not inspected").
 - OBX TX   the intended-use statement.
@@ -43,7 +49,8 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import PersonName
 
 from dicom_node.errors import HL7BuildError
-from model.result import InferenceResult
+from model.findings import Code
+from model.result import Finding, InferenceResult
 from sr_templates import codes
 from sr_templates.content import intended_use_statement
 from sr_templates.enum import ObjectKindValues
@@ -134,6 +141,11 @@ def control_id(result: InferenceResult, revision: int) -> str:
     return "GX" + hashlib.sha256(str(sr_uid).encode()).hexdigest()[:18].upper()
 
 
+def review_control_id(SOPInstanceUID: str) -> str:
+    """The MSH-10 of a signed review's ORU^R01: derived from its verified SR revision."""
+    return "GR" + hashlib.sha256(SOPInstanceUID.encode()).hexdigest()[:18].upper()
+
+
 def build_oru_r01(
     result: InferenceResult,
     source: Dataset,
@@ -146,12 +158,23 @@ def build_oru_r01(
     message_control_id: str | None = None,
     processing_id: str = "P",
     now: datetime.datetime | None = None,
+    critical_codes: frozenset[str] = frozenset(),
+    result_status: str = "P",
+    findings_sr_uid: str | None = None,
+    reviewed: dict[str, bool] | None = None,
 ) -> Message:
     """The ORU^R01 for ``result`` computed on ``source`` (the analysed image's dataset).
+
+    ``critical_codes`` ("SCHEME:VALUE") flag a present finding ``AA``; ``result_status``
+    is P (the AI result), F (signed) or C (a correction); ``findings_sr_uid`` replaces the
+    AI findings SR in the RP OBX and ``reviewed`` ("SCHEME:VALUE" -> present) the model's
+    calls, for a signed review.
 
     Raises ``HL7BuildError`` (a ``ValueError``) when the source does not match the result
     or when the message fails hl7apy's strict validation.
     """
+    if result_status not in ("P", "F", "C"):
+        raise HL7BuildError(f"result status {result_status!r} is not P, F or C")
     if str(source.get("StudyInstanceUID", "")) != result.source.StudyInstanceUID:
         raise HL7BuildError("source dataset is not from the result's study")
     moment = now or datetime.datetime.now(datetime.UTC)
@@ -168,14 +191,22 @@ def build_oru_r01(
         patient_result = message.add_group("ORU_R01_PATIENT_RESULT")
         _pid(patient_result.add_group("ORU_R01_PATIENT").add_segment("PID"), source)
         order = patient_result.add_group("ORU_R01_ORDER_OBSERVATION")
-        _orc_obr(order, source, _timestamp(moment))
+        _orc_obr(order, source, _timestamp(moment), result_status)
         notes = [result.domain_notice(), intended_use_statement(result.model)]
         for set_id, note in enumerate((n for n in notes if n), start=1):
             nte = order.add_segment("NTE")
             nte.nte_1 = str(set_id)
             nte.nte_3 = escape(note)
         for set_id, (value_type, identifier, values, flag) in enumerate(
-            _observations(result, sending_application, revision), start=1
+            _observations(
+                result,
+                sending_application,
+                revision,
+                critical_codes,
+                findings_sr_uid,
+                reviewed,
+            ),
+            start=1,
         ):
             obx = order.add_group("ORU_R01_OBSERVATION").add_segment("OBX")
             obx.obx_1 = str(set_id)
@@ -188,7 +219,7 @@ def build_oru_r01(
                 obx.obx_6 = _coded(*PERCENT)
             if flag:
                 obx.obx_8 = flag
-            obx.obx_11 = "P"
+            obx.obx_11 = result_status
         message.validate()
     except HL7apyException as exc:
         raise HL7BuildError(f"ORU^R01 not valid HL7 {VERSION}: {exc}") from exc
@@ -230,7 +261,7 @@ def _pid(pid: Segment, ds: Dataset) -> None:
     pid.pid_8 = _SEX.get(str(ds.get("PatientSex", "") or "").upper(), "U")
 
 
-def _orc_obr(order: Group, ds: Dataset, timestamp: str) -> None:
+def _orc_obr(order: Group, ds: Dataset, timestamp: str, result_status: str = "P") -> None:
     accession = escape(str(ds.get("AccessionNumber", "") or ""))
     placer = ""
     for request in ds.get("RequestAttributesSequence", []) or []:
@@ -262,19 +293,27 @@ def _orc_obr(order: Group, ds: Dataset, timestamp: str) -> None:
         obr.obr_18 = accession
     obr.obr_22 = timestamp
     obr.obr_24 = "RAD"
-    obr.obr_25 = "P"
+    obr.obr_25 = result_status
 
 
 Observation = tuple[str, str, list[str], str]
 
 
 def _observations(
-    result: InferenceResult, application: str, revision: int
+    result: InferenceResult,
+    application: str,
+    revision: int,
+    critical_codes: frozenset[str] = frozenset(),
+    findings_sr_uid: str | None = None,
+    reviewed: dict[str, bool] | None = None,
 ) -> Iterator[Observation]:
     """(value type, OBX-3, OBX-5 repetitions, OBX-8) in message order."""
     study = escape(result.source.StudyInstanceUID)
     yield ("HD", _coded(*STUDY_INSTANCE_UID), [f"^{study}^ISO"], "")
-    sr_uid = object_uids(result, ObjectKindValues.FINDINGS_SR, revision).SOPInstanceUID
+    sr_uid = (
+        findings_sr_uid
+        or object_uids(result, ObjectKindValues.FINDINGS_SR, revision).SOPInstanceUID
+    )
     yield (
         "RP",
         _coded(*FINDINGS_SR),
@@ -282,10 +321,22 @@ def _observations(
         "",
     )
     yield from _domain_observations(result)
-    for finding in sorted(result.findings, key=lambda f: (not f.present, -f.probability)):
+
+    def present(finding: Finding) -> bool:
+        if reviewed is None:
+            return finding.present
+        return reviewed.get(finding_key(finding.code), finding.present)
+
+    for finding in sorted(result.findings, key=lambda f: (not present(f), -f.probability)):
         code = finding.code
         # Out of domain the model's probability is reported, but no normal/abnormal call.
-        flag = "" if result.out_of_domain else "A" if finding.present else "N"
+        flag = (
+            ""
+            if result.out_of_domain
+            else ("AA" if finding_key(code) in critical_codes else "A")
+            if present(finding)
+            else "N"
+        )
         yield (
             "NM",
             _coded(code.value, code.meaning, code.scheme),
@@ -342,6 +393,11 @@ def _domain_observations(result: InferenceResult) -> Iterator[Observation]:
             _text_lines(notice),
             "",
         )
+
+
+def finding_key(code: Code) -> str:
+    """ "SCHEME:VALUE" of a finding code, as ``ReviewSettings.critical_codes`` names it."""
+    return f"{'SCT' if code.scheme == 'SRT' else code.scheme}:{code.value}"
 
 
 def to_er7(message: Message) -> str:
