@@ -201,6 +201,19 @@ def _run(args: argparse.Namespace, settings: Settings, overrides: dict[str, Any]
         if workers is not None and settings.http.port:
             probes += f" (workers on ports {http_port + 1} and {http_port + 2})"
         print(f"  health and metrics: {probes}", flush=True)
+        scheme = "https" if node.http.tls else "http"
+        web_host = "127.0.0.1" if http_host in ("0.0.0.0", "::") else http_host  # noqa: S104
+        web = f"{scheme}://{web_host}:{http_port}"
+        if settings.dicomweb.enabled:
+            print(
+                f"  DICOMweb: {web}{settings.dicomweb.base_path} (a peer's credential: "
+                "gazex ae credential add PEER --token)",
+                flush=True,
+            )
+        print(
+            f"  review page: {web}/review (an account: gazex user add NAME --role radiologist)",
+            flush=True,
+        )
     print(
         f"  send a study: storescu -aet YOUR_AE -aec {settings.node.ae_title} "
         f"{shown} {port} +sd +r STUDY_FOLDER",

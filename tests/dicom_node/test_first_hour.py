@@ -127,7 +127,7 @@ def test_a_database_that_cannot_be_reached_is_named_without_its_password(
 def test_the_start_banner_names_the_settings_file_and_the_probes(tmp_path: Path) -> None:
     """The node's start lines say which settings file it read (found on its own in
     $XDG_CONFIG_HOME/gazex/gazex.toml, so no shell needs GAZEX_HOME) and where its health
-    and metrics endpoints are."""
+    and metrics endpoints, its DICOMweb and its review page are."""
     config = Path(os.environ["XDG_CONFIG_HOME"]) / "gazex" / "gazex.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     http_port = free_port()
@@ -144,7 +144,7 @@ def test_the_start_banner_names_the_settings_file_and_the_probes(tmp_path: Path)
     )
     try:
         assert node.stdout is not None
-        banner = [node.stdout.readline() for _ in range(4)]
+        banner = [node.stdout.readline() for _ in range(6)]
     finally:
         node.terminate()
         _, errors = node.communicate(timeout=30)
@@ -153,6 +153,8 @@ def test_the_start_banner_names_the_settings_file_and_the_probes(tmp_path: Path)
     assert banner[3].strip() == (
         f"health and metrics: http://127.0.0.1:{http_port}/healthz /readyz /metrics"
     )
+    assert banner[4].strip().startswith(f"DICOMweb: http://127.0.0.1:{http_port}/dicom-web (")
+    assert banner[5].strip().startswith(f"review page: http://127.0.0.1:{http_port}/review (")
     assert "alembic" not in errors  # migrating a new home is one line of ours
 
 
