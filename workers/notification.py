@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 
-from pydicom import dcmread
+from hl7apy.core import Message
+from pydicom import Dataset, dcmread
 from sqlalchemy import select
 
 from dicom_node.db.models import (
@@ -55,15 +57,8 @@ def notify(ctx: WorkerContext, analysis_id: int) -> str:
         study = session.get(Study, analysis.study_id)
         assert study is not None
         revision = analysis.revision
-        result_path = Spool.result_path(study.StudyInstanceUID, revision)
-        source_row = session.scalars(select(Instance).where(Instance.study_id == study.id)).all()
-    result = InferenceResult.from_json(ctx.spool.absolute(result_path).read_text(encoding="utf-8"))
-    source_instance = next(
-        (i for i in source_row if i.SOPInstanceUID == result.source.SOPInstanceUID), None
-    )
-    if source_instance is None:
-        raise AnalysisRefused("the analysed instance is no longer in the study")
-    source = dcmread(ctx.spool.absolute(source_instance.path), stop_before_pixels=True)
+        instances = session.scalars(select(Instance).where(Instance.study_id == study.id)).all()
+    result, source = _analysed(ctx, study.StudyInstanceUID, revision, instances)
     try:
         message = build_oru_r01(
             result,
@@ -78,23 +73,7 @@ def notify(ctx: WorkerContext, analysis_id: int) -> str:
     except HL7BuildError as exc:
         give_up(ctx, analysis_id, f"the ORU^R01 cannot be built: {exc}")
         raise
-    state, code, error = NotificationState.ACCEPTED, "AA", None
-    try:
-        ack = mllp.send(
-            encode(message),
-            settings.host,
-            settings.port,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-        )
-        code = ack.code
-    except AckRejected as exc:
-        state, code, error = NotificationState.REJECTED, "AR", str(exc)
-    except AckError as exc:
-        state, code, error = NotificationState.ERROR, "AE", str(exc)
-    except MLLPTransportError:
-        ctx.metrics.hl7_failures.inc()
-        raise
+    state, code, error = _send(ctx, message)
     with ctx.sessions.begin() as session:
         row = session.scalar(select(Notification).where(Notification.analysis_id == analysis_id))
         assert row is not None
@@ -113,6 +92,43 @@ def notify(ctx: WorkerContext, analysis_id: int) -> str:
     if state is NotificationState.ERROR:
         raise MLLPTransportError(f"HL7 receiver answered AE: {error}")
     return code
+
+
+def _analysed(
+    ctx: WorkerContext, StudyInstanceUID: str, revision: int, instances: Sequence[Instance]
+) -> tuple[InferenceResult, Dataset]:
+    """The model's result of an analysis revision and the header of the film it analysed."""
+    result_path = Spool.result_path(StudyInstanceUID, revision)
+    result = InferenceResult.from_json(ctx.spool.absolute(result_path).read_text(encoding="utf-8"))
+    source_instance = next(
+        (i for i in instances if i.SOPInstanceUID == result.source.SOPInstanceUID), None
+    )
+    if source_instance is None:
+        raise AnalysisRefused("the analysed instance is no longer in the study")
+    return result, dcmread(ctx.spool.absolute(source_instance.path), stop_before_pixels=True)
+
+
+def _send(ctx: WorkerContext, message: Message) -> tuple[NotificationState, str, str | None]:
+    """Send an ORU^R01 over MLLP: (state, ACK code, error). A transport failure counts and
+    raises (the task retries it); an AR or AE answer is a state to record."""
+    settings = ctx.settings.hl7
+    assert settings.host is not None
+    try:
+        ack = mllp.send(
+            encode(message),
+            settings.host,
+            settings.port,
+            connect_timeout=settings.connect_timeout,
+            read_timeout=settings.read_timeout,
+        )
+    except AckRejected as exc:
+        return NotificationState.REJECTED, "AR", str(exc)
+    except AckError as exc:
+        return NotificationState.ERROR, "AE", str(exc)
+    except MLLPTransportError:
+        ctx.metrics.hl7_failures.inc()
+        raise
+    return NotificationState.ACCEPTED, ack.code, None
 
 
 def give_up(ctx: WorkerContext, analysis_id: int, reason: str) -> None:
@@ -149,14 +165,7 @@ def notify_review(ctx: WorkerContext, review_id: int) -> str:
         )
         calls = reviewed_calls(json.loads(row.decisions))
         instances = session.scalars(select(Instance).where(Instance.study_id == study.id)).all()
-    result_path = Spool.result_path(study.StudyInstanceUID, revision)
-    result = InferenceResult.from_json(ctx.spool.absolute(result_path).read_text(encoding="utf-8"))
-    source_instance = next(
-        (i for i in instances if i.SOPInstanceUID == result.source.SOPInstanceUID), None
-    )
-    if source_instance is None:
-        raise AnalysisRefused("the analysed instance is no longer in the study")
-    source = dcmread(ctx.spool.absolute(source_instance.path), stop_before_pixels=True)
+    result, source = _analysed(ctx, study.StudyInstanceUID, revision, instances)
     try:
         message = build_oru_r01(
             result,
@@ -175,23 +184,7 @@ def notify_review(ctx: WorkerContext, review_id: int) -> str:
     except HL7BuildError as exc:
         give_up_review(ctx, review_id, f"the ORU^R01 cannot be built: {exc}")
         raise
-    state, code, error = NotificationState.ACCEPTED, "AA", None
-    try:
-        ack = mllp.send(
-            encode(message),
-            settings.host,
-            settings.port,
-            connect_timeout=settings.connect_timeout,
-            read_timeout=settings.read_timeout,
-        )
-        code = ack.code
-    except AckRejected as exc:
-        state, code, error = NotificationState.REJECTED, "AR", str(exc)
-    except AckError as exc:
-        state, code, error = NotificationState.ERROR, "AE", str(exc)
-    except MLLPTransportError:
-        ctx.metrics.hl7_failures.inc()
-        raise
+    state, code, error = _send(ctx, message)
     with ctx.sessions.begin() as session:
         saved = session.get(SignedReview, review_id)
         assert saved is not None
