@@ -45,6 +45,11 @@ IMPRESSION = Code("121073", "DCM", "Impression")
 CENTER = Code("111010", "DCM", "Center")
 ARTIFICIAL_INTELLIGENCE = Code("123110", "DCM", "Artificial Intelligence")
 SALIENCY = Code("130404", "DCM", "Saliency")
+#: TID 300's $Purpose for the region a measurement is inferred from (TID 320).
+SOURCE_OF_MEASUREMENT = Code("121112", "DCM", "Source of Measurement")
+#: Free text about a measurement group: OHIF takes it as the group's label when it loads
+#: the SR into its measurement panel (see ``templates.finding_group``).
+COMMENT = Code("121106", "DCM", "Comment")
 
 # -- UMLS --------------------------------------------------------------------------------
 #: TID 1500 row 12: the report-level container of CODE and TEXT evaluations.

@@ -89,6 +89,24 @@ def fixation_radius(rows: int, columns: int) -> float:
     return max(2.0, round(0.015 * min(rows, columns), 1))
 
 
+def fixation_spots(
+    result: InferenceResult, within: float
+) -> list[tuple[tuple[float, float], list[int]]]:
+    """The places the model looked at, each with the numbers (from 1, in reading order) of
+    the fixations on it: a fixation within ``within`` pixels of an earlier spot is a visit
+    to that spot, whose number joins the spot's one label rather than being printed over or
+    beside it (the GSPS and the trajectory SR label spots, not fixations)."""
+    spots: list[tuple[tuple[float, float], list[int]]] = []
+    for number, fixation in enumerate(result.trajectory, start=1):
+        for (x, y), numbers in spots:
+            if math.hypot(fixation.x - x, fixation.y - y) <= within:
+                numbers.append(number)
+                break
+        else:
+            spots.append(((fixation.x, fixation.y), [number]))
+    return spots
+
+
 def circle(x: float, y: float, radius: float, rows: int, columns: int) -> npt.NDArray[np.float32]:
     """CIRCLE graphic data: the centre, then a point on the perimeter inside the image."""
     dx = radius if x + radius <= columns else -radius
@@ -168,6 +186,35 @@ def probability_measurement(finding: Finding) -> hd.sr.Measurement:
         unit=codes.PERCENT,
         finding_sites=finding_sites(finding.region) or None,
     )
+
+
+def measurement_source(
+    graphic_type: hd.sr.GraphicTypeValues, graphic_data: npt.NDArray[np.float32], ds: Dataset
+) -> hd.sr.CoordinatesForMeasurement:
+    """The region a NUM is INFERRED FROM, as TID 300 row 8 includes TID 320: a SCOORD named
+    (121112, DCM, "Source of Measurement"), SELECTED FROM the exact source image."""
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=graphic_type,
+        graphic_data=graphic_data,
+        source_image=source_image_for_region(ds),
+        purpose=codes.SOURCE_OF_MEASUREMENT,
+    )
+
+
+def finding_label(finding: Finding) -> str:
+    """A finding's short label, its name and probability (:func:`percent`): "Nodule 87 %",
+    the same on the SR's boxes, in OHIF's measurement panel and in the GSPS."""
+    return f"{finding.code.meaning} {percent(finding.probability)}"
+
+
+def percent(probability: float) -> str:
+    """A probability in whole percent ("87 %"), but never "0 %" or "100 %" for one strictly
+    between 0 and 1, which a reader takes for certainty: one decimal there, kept within
+    0.1 % and 99.9 % ("99.6 %")."""
+    value = 100.0 * probability
+    if 0.0 < probability < 1.0 and not 0.5 <= value < 99.5:
+        return f"{min(max(value, 0.1), 99.9):.1f} %"
+    return f"{value:.0f} %"
 
 
 def number(

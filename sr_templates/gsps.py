@@ -63,7 +63,7 @@ def build_gsps(
     placed: list[Rect] = []
     image_level_y = 0.0
     for finding in shown:
-        label = f"{finding.code.meaning} {finding.probability:.0%}"
+        label = content.finding_label(finding)
         tracking = {
             "tracking_id": finding.code.meaning[:64],
             "tracking_uid": uids.tracking_uid(result, finding.key),
@@ -89,7 +89,7 @@ def build_gsps(
             )
         )
     leaders: list[hd.pr.GraphicObject] = []
-    for spot, numbers in fixation_spots(result, radius):
+    for spot, numbers in content.fixation_spots(result, radius):
         label = ", ".join(map(str, numbers))
         places = spot_places(canvas, spot, radius, label)
         where, choice = place_label(places, lines, placed)
@@ -162,23 +162,6 @@ def build_gsps(
     )
     copy_image_attributes(gsps, source, "BodyPartExamined")
     return gsps
-
-
-def fixation_spots(
-    result: InferenceResult, radius: float
-) -> list[tuple[tuple[float, float], list[int]]]:
-    """The places the model looked at, each with the numbers (from 1, in reading order) of
-    the fixations on it: a fixation within ``radius`` of an earlier spot is a revisit, whose
-    number joins that spot's label rather than being printed over it."""
-    spots: list[tuple[tuple[float, float], list[int]]] = []
-    for number, fixation in enumerate(result.trajectory, start=1):
-        for (x, y), numbers in spots:
-            if math.hypot(fixation.x - x, fixation.y - y) <= radius:
-                numbers.append(number)
-                break
-        else:
-            spots.append(((fixation.x, fixation.y), [number]))
-    return spots
 
 
 #: spot_places' first places, touching the circle; the others are further out

@@ -392,13 +392,22 @@ def _set_tracking_identifier(group: Dataset, suffix: str) -> None:
 
 
 def _reviewed_group(ai_group: Dataset, decision: FindingDecision) -> Dataset:
-    """The AI group, copied, with the reviewer's verdict (and box, for a correction)."""
+    """The AI group, copied, with the reviewer's verdict (and box, for a correction): the
+    box the group draws and the one its probability is INFERRED FROM both become the
+    reviewer's (OHIF restores the latter into its measurement panel), and the label
+    (Comment) says the verdict: "Nodule 87 % (corrected)"."""
     group = copy.deepcopy(ai_group)
-    _set_tracking_identifier(group, _SUFFIX[decision.decision])
+    suffix = _SUFFIX[decision.decision]
+    _set_tracking_identifier(group, suffix)
     if decision.box is not None:
-        scoord = next(i for i in _children(group) if i.ValueType == "SCOORD")
-        scoord.GraphicType = "POLYLINE"
-        scoord.GraphicData = _box_data(decision.box)
+        nested = [c for i in _children(group) if i.ValueType == "NUM" for c in _children(i)]
+        for scoord in [*_children(group), *nested]:
+            if scoord.ValueType == "SCOORD":
+                scoord.GraphicType = "POLYLINE"
+                scoord.GraphicData = _box_data(decision.box)
+    label = _child(group, codes.COMMENT, "TEXT")
+    if label is not None:
+        label.TextValue = f"{label.TextValue} ({suffix})"
     group.ContentSequence.append(_assessment(decision.decision))
     return group
 
@@ -466,6 +475,10 @@ def _new_group(
         qualitative_evaluations=evaluations,
     )
     container: Dataset = group[0]
+    # The label a viewer lists it by (OHIF's measurement panel reads the Comment).
+    container.ContentSequence.append(
+        content.text(codes.COMMENT, f"{decision.code.meaning} ({_SUFFIX[decision.decision]})")
+    )
     if sentence:
         container.ContentSequence.append(content.text(codes.FINDING, sentence))
     return container

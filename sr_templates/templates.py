@@ -65,22 +65,25 @@ def finding_group(
     """A present finding with a box as a TID 1410 "Planar ROI Measurements and Qualitative
     Evaluations" group whose closed POLYLINE is SELECTED FROM the source image.
 
-    It carries the tracking identifier (the finding's name, which OHIF's panel lists) and
-    UID, the finding code, its presence, one NUM "<finding> probability" in percent (with
-    the finding site nested in it), the ABCDEF step, the region and the report sentence.
-    OHIF draws the box labelled with that NUM, "Nodule probability: 87.00 %". Findings
-    without a box are report-level evaluations (``finding_evaluation``): OHIF crashes on a
-    measurement group without a SCOORD.
+    It carries the tracking identifier (the finding's name) and UID, the finding code, its
+    presence, one NUM "<finding> probability" in percent (with the finding site nested in
+    it, and INFERRED FROM the box: see ``content.measurement_source``), the ABCDEF
+    step, the region, a TEXT (121106, DCM, "Comment") with the finding's label ("Nodule
+    87 %") and the report sentence. OHIF draws the SR's box labelled with that NUM,
+    "Nodule probability: 87.00 %"; when the user loads the SR into OHIF's measurement panel
+    ("Do you want to continue tracking measurements for this study?" Yes), the box becomes
+    a rectangle tool listed by the Comment, which OHIF's Cornerstone3D adapter takes as the
+    measurement's label. Findings without a box are report-level evaluations
+    (``finding_evaluation``): OHIF crashes on a measurement group without a SCOORD.
     """
     if not finding.present or finding.box is None:
         raise ValueError(f"{finding.key} has no box to draw: it is a report-level evaluation")
+    box = (hd.sr.GraphicTypeValues.POLYLINE, content.box_polyline(finding.box))
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=uids.tracking_uid(result, finding.key), identifier=finding.code.meaning
         ),
-        referenced_region=content.image_region(
-            hd.sr.GraphicTypeValues.POLYLINE, content.box_polyline(finding.box), ds
-        ),
+        referenced_region=content.image_region(*box, ds),
         finding_type=codes.from_model(finding.code),
         finding_category=_category(finding),
         algorithm_id=algorithm_id,
@@ -91,6 +94,14 @@ def finding_group(
             *content.region_evaluation(finding.region),
         ],
     )
+    # OHIF 3.13.2 loads a group into its panel only when the group's NUM holds the region it
+    # was inferred from. TID 1419 lists no such row (highdicom refuses one in its
+    # constructor), but it is extensible, and TID 300 has the row (TID 320): added here.
+    [probability] = [item for item in group[0].ContentSequence if item.ValueType == "NUM"]
+    probability.ContentSequence = hd.sr.ContentSequence(
+        [*probability.get("ContentSequence", []), content.measurement_source(*box, ds)]
+    )
+    group[0].ContentSequence.append(content.text(codes.COMMENT, content.finding_label(finding)))
     if finding.sentence.strip():
         group[0].ContentSequence.append(content.text(codes.FINDING, finding.sentence))
     return group
@@ -147,15 +158,16 @@ def _category(finding: Finding) -> Code:
 
 
 def visits_at_first_fixations(result: InferenceResult) -> dict[int, list[int]]:
-    """Fixation number -> the numbers of every fixation at its point, for the first
-    fixation at each point (1-based, in order); later ones at the same point map to []."""
-    first_at: dict[tuple[float, float], int] = {}
-    visits: dict[int, list[int]] = {}
-    for number, fixation in enumerate(result.trajectory, start=1):
-        point = (round(fixation.x, 1), round(fixation.y, 1))
-        first = first_at.setdefault(point, number)
-        visits.setdefault(first, []).append(number)
-        visits.setdefault(number, [])
+    """Fixation number -> the numbers of every fixation at its spot, for the first fixation
+    at each spot (1-based, in order); the others there map to []. A spot
+    (``content.fixation_spots``) holds the fixations within two circle radii of its first:
+    a viewer writes each label beside its circle in screen-sized text, so two labels of
+    circles that close would overlap (OHIF did, at the carina)."""
+    source = result.source
+    within = 2 * content.fixation_radius(source.Rows, source.Columns)
+    visits: dict[int, list[int]] = {n: [] for n in range(1, len(result.trajectory) + 1)}
+    for _, numbers in content.fixation_spots(result, within):
+        visits[numbers[0]] = numbers
     return visits
 
 

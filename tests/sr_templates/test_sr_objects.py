@@ -304,8 +304,8 @@ def test_gsps_draws_boxes_fixations_path_and_notice(cases: dict[str, Case]) -> N
     findings_layer = annotations[GraphicLayerValues.FINDINGS.value]
     assert len(findings_layer.GraphicObjectSequence) == len(boxed)
     labels = [t.UnformattedTextValue for t in findings_layer.TextObjectSequence]
-    assert "Pleural effusion 87%" in labels
-    assert "Cardiomegaly 71% (image level)" in labels
+    assert "Pleural effusion 87 %" in labels
+    assert "Cardiomegaly 71 % (image level)" in labels
     fixations = annotations[GraphicLayerValues.FIXATIONS.value]
     assert [g.GraphicType for g in fixations.GraphicObjectSequence] == ["CIRCLE"] * len(
         case.result.trajectory

@@ -18,7 +18,13 @@ from model.abcdef import STEPS
 from model.findings import Code
 from model.result import Box, DomainCheck, InferenceResult
 from sr_templates import codes
-from sr_templates.content import box_polyline, intended_use_statement
+from sr_templates.content import (
+    box_polyline,
+    finding_label,
+    fixation_radius,
+    intended_use_statement,
+    percent,
+)
 from sr_templates.enum import ObjectKindValues
 from sr_templates.sr import build_findings_sr, build_trajectory_sr
 from sr_templates.templates import (
@@ -143,7 +149,38 @@ def test_only_boxed_findings_are_measurement_groups(cases: dict[str, Case]) -> N
         assert [i.ValueType for i in top].count("NUM") == 1
         assert not [i for i in top if i.name.value == "363698007"]
         [num] = [i for i in top if i.ValueType == "NUM"]
-        assert [c.name.value for c in num.ContentSequence] == ["363698007"]
+        assert [c.name.value for c in num.ContentSequence] == ["363698007", "121112"]
+
+
+@pytest.mark.parametrize("name", ["cr_many_findings", "dx_monochrome1"])
+def test_boxed_findings_carry_what_ohif_loads_into_its_panel(
+    cases: dict[str, Case], name: str
+) -> None:
+    """What OHIF 3.13.2 needs to list a group in its measurement panel: the group's NUM
+    INFERRED FROM the same box, as a SCOORD "Source of Measurement" SELECTED FROM the
+    source image (TID 300/320), and a TEXT (121106, DCM, "Comment") with the finding's name
+    and probability (``content.finding_label``), its label; the coded Finding and the tracking
+    identifier stay as they were."""
+    case, report = _report_case(cases, name)
+    by_code = {(f.code.value, f.code.scheme): f for f in case.result.findings}
+    planar = report.get_planar_roi_measurement_groups()
+    assert planar
+    for group in planar:
+        assert group.finding_type is not None and group.roi is not None
+        finding = by_code[_code(group.finding_type)]
+        assert group.tracking_identifier == finding.code.meaning
+        assert _texts(group[0], codes.COMMENT) == [finding_label(finding)]
+        [num] = [i for i in group[0].ContentSequence if i.ValueType == "NUM"]
+        [source] = [c for c in num.ContentSequence if c.ValueType == "SCOORD"]
+        assert source.RelationshipType == "INFERRED FROM"
+        assert _code(source.name) == ("121112", "DCM")
+        assert source.GraphicType == "POLYLINE"
+        np.testing.assert_array_equal(source.value, group.roi.value)
+        [image] = source.ContentSequence
+        assert image.RelationshipType == "SELECTED FROM"
+        assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == (
+            case.source.SOPInstanceUID
+        )
 
 
 def test_no_box_means_no_measurement_container(cases: dict[str, Case]) -> None:
@@ -261,6 +298,17 @@ def test_repeated_fixations_label_once_per_point() -> None:
     )
     result = sr_factories.make_result(ds, fixations=trajectory)
     assert visits_at_first_fixations(result) == {1: [1, 3, 5], 2: [2], 3: [], 4: [4], 5: []}
+    # Circles closer than two radii share one label too (two labels there would overlap).
+    radius = fixation_radius(int(ds.Rows), int(ds.Columns))
+    near = dataclasses.replace(
+        result,
+        trajectory=(
+            dataclasses.replace(trajectory[0], x=100.0, y=80.0),
+            dataclasses.replace(trajectory[1], x=100.0 + 1.9 * radius, y=80.0),
+            dataclasses.replace(trajectory[2], x=100.0 + 2.1 * radius + 1.9 * radius, y=80.0),
+        ),
+    )
+    assert visits_at_first_fixations(near) == {1: [1, 2], 2: [], 3: [3]}
     algorithm = algorithm_identification(result.model)
     first = fixation_group(result, 1, [1, 3, 5], ds, algorithm)
     tops = [i for i in first[0].ContentSequence if i.ValueType == "NUM"]
@@ -318,3 +366,24 @@ def test_domain_verdict_leads_and_out_of_domain_draws_nothing(in_domain: bool) -
     else:
         assert drawn == []
         assert evaluations == {f.code.value: codes.NOT_ASSESSED for f in findings}
+
+
+@pytest.mark.parametrize(
+    ("probability", "shown"),
+    [
+        (0.8742, "87 %"),
+        (0.995, "99.5 %"),
+        (0.99956, "99.9 %"),
+        (0.004, "0.4 %"),
+        (1e-5, "0.1 %"),
+        (1.0, "100 %"),
+        (0.0, "0 %"),
+        (0.5, "50 %"),
+    ],
+)
+def test_a_label_never_shows_certainty_the_model_does_not_have(
+    probability: float, shown: str
+) -> None:
+    """Whole percent, except that a probability strictly between 0 and 1 is never shown as
+    "0 %" or "100 %": a reader takes those for certainty."""
+    assert percent(probability) == shown

@@ -36,7 +36,7 @@ from test_sr_validators import ACCEPTED_DCIODVFY_WARNINGS, ACCEPTED_PIXELMED_ERR
 from model.findings import FINDINGS_BY_KEY
 from model.result import Box, InferenceResult
 from sr_templates import codes
-from sr_templates.content import box_polyline
+from sr_templates.content import box_polyline, percent
 from sr_templates.review import (
     Decision,
     FindingDecision,
@@ -342,6 +342,15 @@ def test_accepted_image_level_finding_stays_a_report_level_evaluation(
     assert {d.code: d for d in read_decisions(ds)} == {d.code: d for d in decisions}
 
 
+def _comments(group: Dataset) -> list[str]:
+    """The group's labels: TEXT (121106, DCM, "Comment")."""
+    return [
+        str(i.TextValue)
+        for i in group[0].ContentSequence
+        if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"
+    ]
+
+
 def test_accepted_finding_is_the_ai_group_plus_an_assessment(reviewed: Reviewed) -> None:
     """An accepted finding keeps the AI group's tracking UID, box and probability NUM, and
     gains "Reviewer assessment = Accepted by the reviewer"."""
@@ -368,6 +377,15 @@ def test_corrected_finding_is_drawn_with_the_reviewers_box(reviewed: Reviewed) -
     np.testing.assert_array_equal(effusion.roi.value, box_polyline(DECISIONS[2].box))
     [assessment] = effusion.get_qualitative_evaluations(name=codes.REVIEWER_ASSESSMENT)
     assert assessment.value == codes.REVIEW_CORRECTED
+    # The box the probability is INFERRED FROM is the reviewer's too (OHIF restores that one
+    # into its measurement panel), and the label says what the reviewer did.
+    [number] = [i for i in effusion[0].ContentSequence if i.ValueType == "NUM"]
+    [source] = [c for c in number.ContentSequence if c.ValueType == "SCOORD"]
+    np.testing.assert_array_equal(
+        np.asarray(source.GraphicData, dtype=np.float32).reshape(-1, 2),
+        box_polyline(DECISIONS[2].box),
+    )
+    assert _comments(effusion) == [f"Pleural effusion {percent(0.8734)} (corrected)"]
     heart = groups[code_of("cardiomegaly").value]
     np.testing.assert_array_equal(heart.roi.value, box_polyline(DECISIONS[4].box))
     [probability] = heart.get_measurements(
@@ -401,6 +419,7 @@ def test_added_finding_is_a_new_group_without_probability(reviewed: Reviewed) ->
     "Added by the reviewer" and no probability NUM nor algorithm identification."""
     group = _groups(reviewed.sr)[code_of("pneumothorax").value]
     assert group.tracking_identifier == "Pneumothorax (added by reviewer)"
+    assert _comments(group) == ["Pneumothorax (added by reviewer)"]
     np.testing.assert_array_equal(group.roi.value, box_polyline(DECISIONS[6].box))
     assert group.get_measurements() == []
     assert not find_content_items(group[0], name=dcm_codes.DCM.AlgorithmName)

@@ -3,9 +3,11 @@
 //
 // JOB.json: {baseUrl, query, outDir, chromium, visits: [{name, StudyInstanceUID, SeriesInstanceUID}]}
 // (query: appended to each viewer URL, e.g. "&token=..." for a DICOMweb server asking for one)
-// Writes outDir/report.json (a list, one object per visit, the fields of ohifkit.ViewerReport)
-// and outDir/<n>-<name>.png. Each visit gets a fresh browser context; the page may reach
-// nothing but 127.0.0.1 (anything else is refused and listed in blocked_requests).
+// Writes outDir/report.json (a list, one object per visit, the fields of ohifkit.ViewerReport,
+// plus sr_load_warnings and, for an SR loaded into OHIF's tools, `loaded`: what they drew)
+// and outDir/<n>-<name>.png (for such an SR also <n>-<name>-sr.png, before loading). Each
+// visit gets a fresh browser context; the page may reach nothing but 127.0.0.1 (anything
+// else is refused and listed in blocked_requests).
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -20,9 +22,13 @@ const SETTLE_MS = 15_000; // until the network is quiet and the drawing stops ch
 const QUIET_POLLS = 4; // ... for this many polls in a row
 const POLL_MS = 250;
 const SR_FIRST_DRAW_MS = 5_000; // an SR's annotations, before the window is nudged
+const LOAD_SR_MS = 20_000; // "Yes" to OHIF's offer to load an SR until its panel rows show
+
+// OHIF's ViewportDialog (the viewport's prompts): a focusable box with the message and its buttons.
+const PROMPT = '[data-cy="viewport-pane"] div[tabindex="0"]:has(button)';
 
 // Runs in the page: what is on screen now. OHIF exposes window.services and cornerstone.
-function probe() {
+function probe(PROMPT) {
   // OHIF's DisplaySetMessage.CODES, by number (the thumbnail's warning triangle)
   const codes = [
     '', 'NO_VALID_INSTANCES', 'NO_POSITION_INFORMATION', 'NOT_RECONSTRUCTABLE',
@@ -117,7 +123,10 @@ function probe() {
   } catch {
     segments = [];
   }
-  const panelItems = [...document.querySelectorAll('[data-cy="data-row"]')].map(text);
+  // The measurement / segmentation panel's rows, each by its title (a measurement's label).
+  const panelItems = [...document.querySelectorAll('[data-cy="data-row"]')].map(row =>
+    text(row.querySelector('[data-cy="data-row-title"]') ?? row)
+  );
   // Toasts as "<type>: title / message"; viewport prompts (hydrate SR/SEG), dialogs, tours.
   const lines = el => (el.innerText || el.textContent || '').split('\n').map(l => l.trim());
   const said = el => lines(el).filter(Boolean).join(' / ');
@@ -125,8 +134,7 @@ function probe() {
     ...[...document.querySelectorAll('[data-sonner-toast]')].map(
       el => `${el.getAttribute('data-type') || 'toast'}: ${said(el)}`
     ),
-    // OHIF's ViewportDialog: a focusable box with the message and its buttons.
-    ...[...document.querySelectorAll('[data-cy="viewport-pane"] div[tabindex="0"]:has(button)')].map(
+    ...[...document.querySelectorAll(PROMPT)].map(
       el => `prompt: ${said(el)}`
     ),
     ...[...document.querySelectorAll('[role="dialog"], [role="alertdialog"]')].map(
@@ -177,6 +185,7 @@ async function visit(index, v) {
     series_opened: false,
     page_errors: [],
     console_errors: [],
+    sr_load_warnings: [],
     error_boundary: false,
     boundary_errors: [],
     annotations: 0,
@@ -211,6 +220,10 @@ async function visit(index, v) {
   page.on('console', m => {
     const t = m.text();
     if (m.type() === 'error') report.console_errors.push(t);
+    // OHIF's SR loading skips what its tools cannot take, saying so only on the console.
+    if (/Unable to generate tool state|not rehydratable|No measurements found/.test(t)) {
+      report.sr_load_warnings.push(t.slice(0, 300));
+    }
     if (/Error Boundary/.test(t)) {
       // OHIF logs console.debug(`${context} Error Boundary`, error, componentStack, context)
       report.error_boundary = true;
@@ -247,7 +260,7 @@ async function visit(index, v) {
   }
 
   async function look() {
-    const snap = await page.evaluate(probe).catch(() => null);
+    const snap = await page.evaluate(probe, PROMPT).catch(() => null);
     snap?.notices.forEach(n => notices.add(n));
     return snap;
   }
@@ -269,6 +282,37 @@ async function visit(index, v) {
     return snap;
   }
 
+  // Poll until `done(snapshot)` or a crash, at most `ms`: the last snapshot (a wait that may
+  // end either way, unlike until()).
+  async function poll(ms, done) {
+    const deadline = Math.min(Date.now() + ms, visitDeadline);
+    let snap = null;
+    while (Date.now() < deadline) {
+      snap = (await look()) || snap;
+      if ((snap && done(snap)) || crashed()) break;
+      await page.waitForTimeout(POLL_MS);
+    }
+    return snap;
+  }
+
+  // Network quiet and the snapshot unchanged for QUIET_POLLS polls in a row.
+  async function settle(snap) {
+    const deadline = Math.min(Date.now() + SETTLE_MS, visitDeadline);
+    let last = '';
+    let quiet = 0;
+    while (quiet < QUIET_POLLS && !crashed() && Date.now() < deadline) {
+      await page.waitForTimeout(POLL_MS);
+      snap = (await look()) || snap;
+      const key = JSON.stringify(snap);
+      quiet = inflight === 0 && key === last ? quiet + 1 : 0;
+      last = key;
+    }
+    report.steps.push(quiet >= QUIET_POLLS ? 'settled' : 'settle: timed out');
+    if (quiet < QUIET_POLLS && !crashed()) report.timed_out = true;
+    return snap;
+  }
+
+  let srDrawing = null; // what an SR drew before it was loaded into OHIF's tools
   try {
     await page.goto(report.url, { waitUntil: 'load', timeout: FIRST_IMAGE_MS });
     let snap = await until('first image', FIRST_IMAGE_MS, s => s.rendered);
@@ -340,15 +384,49 @@ async function visit(index, v) {
       report.steps.push(quiet >= QUIET_POLLS ? 'settled' : 'settle: timed out');
       if (quiet < QUIET_POLLS) report.timed_out = true;
     }
+    // An SR whose measurements OHIF's own tools can take over comes with the viewport prompt
+    // "Do you want to continue tracking measurements for this study?". A user who wants them
+    // in the measurement panel answers Yes: OHIF re-creates each measurement as a tool
+    // annotation on the film and lists it in the panel by its label. What the SR itself drew
+    // (annotations, labels) is kept as the visit's drawing and in <n>-<name>-sr.png; then
+    // Yes, the panel opened if it did not open by itself, and settled again: the screenshot
+    // shows the loaded measurements and the panel, whose rows are panel_items.
+    if (opened?.Modality === 'SR' && snap?.activeSeries.includes(v.SeriesInstanceUID) && !crashed()) {
+      const yes = page.locator(PROMPT).getByRole('button', { name: 'Yes', exact: true });
+      if ((await yes.count()) > 0) {
+        srDrawing = snap;
+        await page.screenshot({ path: report.screenshot.replace(/\.png$/, '-sr.png') });
+        await yes.first().click({ timeout: OPEN_SERIES_MS });
+        report.steps.push('SR load offered: yes');
+        const loadDeadline = Math.min(Date.now() + LOAD_SR_MS, visitDeadline);
+        const listed = s => s.panelItems.length > 0;
+        snap = (await poll(Math.min(LOAD_SR_MS / 2, loadDeadline - Date.now()), listed)) || snap;
+        if (!listed(snap) && !crashed()) {
+          await page.locator('[data-cy="trackedMeasurements-btn"]').first().click({ timeout: 5_000 });
+          report.steps.push('measurement panel opened');
+        }
+        snap = (await poll(loadDeadline - Date.now(), listed)) || snap;
+        report.steps.push(`measurements listed: ${listed(snap) ? 'yes' : 'no'}`);
+        snap = await settle(snap);
+      } else {
+        report.steps.push('SR load offered: no');
+      }
+    }
     if (crashed()) report.steps.push('crashed');
     if (snap) {
+      // A loaded SR's measurements are drawn on the film's own display set: whether the SR
+      // opened, and what it drew, is what its viewport showed before it was loaded.
+      const drawing = srDrawing || snap;
       report.rendered = snap.rendered;
       report.series_opened = v.SeriesInstanceUID
-        ? snap.activeSeries.includes(v.SeriesInstanceUID)
+        ? drawing.activeSeries.includes(v.SeriesInstanceUID)
         : snap.rendered;
-      report.annotations = snap.annotations;
-      report.shapes = snap.shapes;
-      report.labels = snap.labels;
+      report.annotations = drawing.annotations;
+      report.shapes = drawing.shapes;
+      report.labels = drawing.labels;
+      if (srDrawing) {
+        report.loaded = { annotations: snap.annotations, labels: snap.labels };
+      }
       report.panel_items = snap.panelItems;
       report.segment_labels = snap.segments;
       report.viewport_box = snap.viewportBox;

@@ -48,6 +48,8 @@ from ohifkit import copy_artefacts
 from pydicom import dcmread
 from result_study import ResultStudy
 
+from sr_templates.content import percent
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.viewer]
 
 LAYERS = {"GAZEX FINDINGS", "GAZEX FIXATIONS", "GAZEX PATH", "GAZEX NOTICE"}
@@ -231,7 +233,7 @@ def test_dcmp2pgm_lists_the_boxes_and_labels(
         if not (finding["present"] and finding["box"]):
             continue
         meaning, box = finding["code"]["meaning"], finding["box"]
-        label = f"{meaning} {finding['probability']:.0%}"
+        label = f"{meaning} {percent(finding['probability'])}"
         [text] = [t for t in findings.texts if t.value == label]
         x0, y0, x1, y1 = text.box
         aligned = min(abs(x0 - box["x0"]), abs(x1 - box["x1"])) < COORDINATE_TOLERANCE

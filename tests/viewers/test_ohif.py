@@ -17,6 +17,8 @@ import pytest
 from ohifkit import ViewerReport, coloured_fraction, viewport_pixels
 from result_study import KINDS, ResultStudy
 
+from sr_templates.content import fixation_radius
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.viewer]
 
 
@@ -29,21 +31,40 @@ def _mentions(label: str, name: str, probability: float) -> bool:
     fraction, at whatever precision)."""
     numbers = [float(n) for n in re.findall(r"\d+(?:\.\d+)?", label)]
     return name.lower() in label.lower() and any(
-        abs(n - 100 * probability) < 0.5 or abs(n - probability) < 0.005 for n in numbers
+        abs(n - 100 * probability) <= 0.5 or abs(n - probability) <= 0.005 for n in numbers
     )
 
 
-def _each_fixation_labelled_once(
-    trajectory: list[dict[str, Any]], labels: list[str], where: str
-) -> None:
-    """One label per fixated point, one line "Fixation: <n>.00 {<step>}" per visit there:
-    repeated visits stack in one box instead of piling up at the same place."""
+def _lists_the_findings(report: ViewerReport, grounded: list[dict[str, Any]]) -> None:
+    """OHIF offered to load the findings SR into its measurement panel ("Do you want to
+    continue tracking measurements for this study?"), the driver answered Yes, and the panel
+    lists one row per boxed finding, titled with its name and probability (the SR's
+    Comment), with OHIF's own rectangle drawn for each on the film."""
+    where = f"panel {report.panel_items} (steps {report.steps}; screenshot {report.screenshot})"
+    assert "SR load offered: yes" in report.steps, where
+    assert len(report.panel_items) == len(grounded), where
+    for finding in grounded:
+        name, probability = finding["code"]["meaning"], finding["probability"]
+        rows = [row for row in report.panel_items if _mentions(row, name, probability)]
+        assert len(rows) == 1, f"no single row with {name} {probability:.1%}: {where}"
+
+
+def _each_fixation_labelled_once(result: dict[str, Any], labels: list[str], where: str) -> None:
+    """One label per fixated spot (fixations within two circle radii of its first), one
+    line "Fixation: <n>.00 {<step>}" per visit there: repeated or adjacent visits stack in
+    one box instead of piling up at the same place."""
+    trajectory = result["trajectory"]
     drawn = [label for label in labels if label]  # a group without a NUM draws an empty text
     lines = [line for label in drawn for line in label.splitlines()]
     expected = [f"Fixation: {n}.00 {{{f['step']}}}" for n, f in enumerate(trajectory, start=1)]
     assert sorted(lines) == sorted(expected), where
-    points = {(round(f["x"], 1), round(f["y"], 1)) for f in trajectory}
-    assert len(drawn) == len(points), where
+    source = result["source"]
+    within = 2 * fixation_radius(source["Rows"], source["Columns"])
+    spots: list[tuple[float, float]] = []
+    for f in trajectory:
+        if all(np.hypot(f["x"] - x, f["y"] - y) > within for x, y in spots):
+            spots.append((f["x"], f["y"]))
+    assert len(drawn) == len(spots), where
 
 
 def _shows_cleanly(report: ViewerReport) -> None:
@@ -86,8 +107,10 @@ def test_result_object_displays(
     """Each result object's series, double-clicked in OHIF's study browser, opens on the film
     without a crash and draws what it encodes: one annotation per grounded present finding
     (SR) or per fixation plus the path (trajectory SR), labels that carry each present
-    finding's name and probability, a named segment per grounded finding over its box (SEG),
-    a colour fusion that is red where the model attended most (attention map)."""
+    finding's name and probability, and once the findings SR is loaded, one row per grounded
+    finding in the measurement panel, titled with its name and probability; a named segment
+    per grounded finding over its box (SEG), a colour fusion that is red where the model
+    attended most (attention map)."""
     report = result_reports[kind]
     _shows_cleanly(report)
     result = result_study.result
@@ -96,7 +119,10 @@ def test_result_object_displays(
     where = f"labels {report.labels} (screenshot {report.screenshot})"
     if kind == "trajectory_sr":
         assert report.annotations == len(result["trajectory"]) + 1, where
-        _each_fixation_labelled_once(result["trajectory"], report.labels, where)
+        _each_fixation_labelled_once(result, report.labels, where)
+        # Fixations are evidence, not measurements to edit: OHIF has no tool for them and
+        # does not offer to load this SR into its panel (docs/VIEWERS.md).
+        assert "SR load offered: no" in report.steps and not report.panel_items, where
     elif kind == "findings_sr":
         assert len(grounded) >= 2, f"the film under test should show two findings at least: {where}"
         assert report.annotations == len(grounded), where
@@ -105,6 +131,7 @@ def test_result_object_displays(
             assert any(_mentions(label, name, probability) for label in report.labels), (
                 f"no label with {name} {probability:.1%}: {where}"
             )
+        _lists_the_findings(report, grounded)
     elif kind == "seg_binary":
         _draws_the_segments(report, result, grounded)
     else:
@@ -197,8 +224,9 @@ def test_objects_of_a_quirky_film_display(
     kind: str, quirky_reports: dict[str, ViewerReport], quirky_study: ResultStudy
 ) -> None:
     """A CR without pixel spacing, MONOCHROME1, 15 bits stored: its findings SR and SEG open
-    on it and draw what they encode where they should, as on the tidy film (no spacing of 0
-    or NaN reaches the viewer from the objects: the SEG carries a nominal 1 mm)."""
+    on it and draw what they encode where they should, and the SR's findings load into the
+    measurement panel, as on the tidy film (no spacing of 0 or NaN reaches the viewer from
+    the objects: the SEG carries a nominal 1 mm)."""
     report = quirky_reports[kind]
     _shows_cleanly(report)
     result = quirky_study.result
@@ -210,3 +238,4 @@ def test_objects_of_a_quirky_film_display(
         for finding in grounded:
             name, probability = finding["code"]["meaning"], finding["probability"]
             assert any(_mentions(label, name, probability) for label in report.labels)
+        _lists_the_findings(report, grounded)
