@@ -135,6 +135,11 @@ def analyze_study(ctx: WorkerContext, study_id: int) -> AnalysisOutcome:
     claimed = _start(ctx, study_id)
     if isinstance(claimed, str):
         logger.info("nothing to analyse for study row %d: %s", study_id, claimed)
+        unsent = _unsent_notification(ctx, study_id)
+        if unsent is not None:
+            # The analysis committed but its notification was never handed on (the worker
+            # died, or the broker refused, before send_task): this redelivery hands it on.
+            return AnalysisOutcome(unsent, f"{claimed}; notification handed on again", True)
         return AnalysisOutcome(None, claimed)
     study, analysis_id, revision, instances = claimed
     with bind(study=study):
@@ -143,6 +148,26 @@ def analyze_study(ctx: WorkerContext, study_id: int) -> AnalysisOutcome:
         except AnalysisRefused as exc:
             fail_analysis(ctx, analysis_id, str(exc))
             raise
+
+
+def _unsent_notification(ctx: WorkerContext, study_id: int) -> int | None:
+    """The id of the study's current, succeeded analysis when its HL7 notification was
+    never attempted (still pending, no attempt), else None."""
+    if not ctx.settings.hl7.enabled:
+        return None
+    with ctx.sessions() as session:
+        return session.scalar(
+            select(Analysis.id)
+            .join(Study, Study.id == Analysis.study_id)
+            .join(Notification, Notification.analysis_id == Analysis.id)
+            .where(
+                Study.id == study_id,
+                Analysis.revision == Study.revision,
+                Analysis.state == AnalysisState.SUCCEEDED,
+                Notification.state == NotificationState.PENDING,
+                Notification.attempts == 0,
+            )
+        )
 
 
 def _analyze(

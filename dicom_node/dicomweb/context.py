@@ -47,3 +47,11 @@ def calling_ae(request: Request) -> str:
     routing rules (``calling_aes``) and "results go back home" read it the same way."""
     peer = request_peer(request)
     return peer.ae_title if peer is not None else ANONYMOUS_AE
+
+
+def request_actor(request: Request) -> str | None:
+    """The signed-in person a front end authenticated for this request (the review page's
+    session guard names its user in ``request.state.actor``), for the audit; None when the
+    request acts only as its peer."""
+    actor: str | None = getattr(request.state, "actor", None)
+    return actor

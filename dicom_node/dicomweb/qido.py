@@ -46,7 +46,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from dicom_node.dicomweb.catalog import Catalog, Record, answer_errors, base_url
-from dicom_node.dicomweb.context import DicomWebContext, calling_ae
+from dicom_node.dicomweb.context import DicomWebContext, calling_ae, request_actor
 
 logger = logging.getLogger(__name__)
 
@@ -550,6 +550,7 @@ def routes(ctx: DicomWebContext) -> list[BaseRoute]:
                     "dicomweb",
                     "search",
                     ae_title=calling_ae(request),
+                    actor=request_actor(request),
                     StudyInstanceUID=path.get("StudyInstanceUID"),
                     detail=f"QIDO-RS {level} search on {keys}: {len(found.entities)} returned",
                 )

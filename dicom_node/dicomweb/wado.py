@@ -59,7 +59,7 @@ from starlette.routing import BaseRoute, Route
 
 from dicom_node.dicomweb import rendering
 from dicom_node.dicomweb.catalog import FileMissing, Record, answer_errors, base_url
-from dicom_node.dicomweb.context import DicomWebContext, calling_ae
+from dicom_node.dicomweb.context import DicomWebContext, calling_ae, request_actor
 
 logger = logging.getLogger(__name__)
 
@@ -304,6 +304,7 @@ class Wado:
             "dicomweb",
             action,
             ae_title=calling_ae(request),
+            actor=request_actor(request),
             StudyInstanceUID=p["study"],
             SOPInstanceUID=p.get("sop"),
             detail=f"WADO-RS {level} {action}: {len(records)} instance(s)",

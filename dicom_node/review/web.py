@@ -245,7 +245,9 @@ class RequireSession:
                 await self._refuse_csrf(scope, user, presented is None)
                 await _json(403, "missing or wrong CSRF token")(scope, receive, send)
                 return
-        scope.setdefault("state", {})["review_user"] = user
+        state = scope.setdefault("state", {})
+        state["review_user"] = user
+        state["actor"] = user.name  # the image routes below audit the reader, not "DICOMWEB"
         await self.app(scope, receive, send)
 
     async def _refuse_csrf(self, scope: Scope, user: SessionUser, missing: bool) -> None:

@@ -119,6 +119,11 @@ def test_study_details_and_film_come_under_the_session_without_patient_data(
     )
     assert frames.status_code == 200
     assert len(frames.content) >= 64 * 48 * 2
+    # Image requests are audited as the signed-in reader's, not as an anonymous peer's.
+    series = f"/review/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+    assert client.get(f"{series}/metadata").status_code == 200
+    [fetched] = [e for e in query(site.node.sessions, kind="dicomweb") if e.action == "metadata"]
+    assert (fetched.actor, fetched.StudyInstanceUID) == ("alice", ds.StudyInstanceUID)
     with httpx.Client(base_url=site.url, timeout=10) as anonymous:
         assert anonymous.get(f"{instance}/metadata").status_code == 401
         assert anonymous.get(f"/review/api/studies/{study.key}").status_code == 401
