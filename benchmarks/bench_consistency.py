@@ -17,6 +17,12 @@ what ``predict`` returned before the guard) and for what ``Predictor.to_result``
   against that finding's decision;
 - "not inspected" vs sections written: ABCDEF steps the trajectory did not inspect whose
   section carries text as if reviewed (neither the not-inspected notice nor "Not described");
+- location words vs the box: present nodules, masses and consolidations whose text (the
+  finding's sentence, and the report's sentences asserting it) names a lung zone, and
+  effusions, pneumothoraces and atelectases whose text names a side, other than where the
+  finding's drawn box lies on the film's true anatomy (the generator's region boxes: the
+  smallest lung zone, or sided region, containing the box's centre; the nearest one when
+  none does). Issue 16's "nodule in the left upper lung zone" drawn in the right lower zone;
 - VQA vs decisions: presence answers that are not the decision's "yes"/"no", and device
   counts that are not the number of devices decided present (the first word is read; the
   expected answers are the training generator's, ``vqa_from_labels`` of the decisions).
@@ -49,12 +55,55 @@ DEVICE_COUNT = "How many support devices are present?"
 EXTRA_QUESTIONS = ("Is there a lung nodule or mass?",)
 
 
+Anatomy = dict[str, tuple[float, float, float, float]]
+
+
 def film(seed: int) -> npt.NDArray[np.float32]:
     """A held-out synthetic film, quantised to 8 bits like ``gazex data synth``'s PNGs."""
+    return film_and_anatomy(seed)[0]
+
+
+def film_and_anatomy(seed: int) -> tuple[npt.NDArray[np.float32], Anatomy]:
+    """:func:`film` and its true anatomical boxes (region name -> x0, y0, x1, y1)."""
     from model.train.gazedata.synth import generate_sample
 
-    image = generate_sample(seed, height=256, width=256).image
-    return (np.rint(np.clip(image, 0, 1) * 255) / 255).astype(np.float32)
+    sample = generate_sample(seed, height=256, width=256)
+    image = (np.rint(np.clip(sample.image, 0, 1) * 255) / 255).astype(np.float32)
+    return image, {b.key: (b.x0, b.y0, b.x1, b.y1) for b in sample.anatomy}
+
+
+def true_location(key: str, centre: tuple[float, float], anatomy: Anatomy) -> str | None:
+    """Where a point lies on the film's true anatomy, in the words a finding's text uses: a
+    lung zone (nodule, mass, consolidation) or a side (effusion, pneumothorax, atelectasis);
+    the smallest such region containing the point, else the nearest by centre distance."""
+    from model.anatomy_prior import LUNG_ZONES
+    from model.consistency import SIDE_KEYS, ZONE_KEYS, side_of
+
+    if key in ZONE_KEYS:
+        names = [n for n in LUNG_ZONES if n in anatomy]
+    elif key in SIDE_KEYS:
+        names = [n for n in anatomy if side_of(n)]
+    else:
+        return None
+    x, y = centre
+    inside = [
+        n
+        for n in names
+        if anatomy[n][0] <= x <= anatomy[n][2] and anatomy[n][1] <= y <= anatomy[n][3]
+    ]
+
+    def area(n: str) -> float:
+        x0, y0, x1, y1 = anatomy[n]
+        return (x1 - x0) * (y1 - y0)
+
+    def distance(n: str) -> float:
+        x0, y0, x1, y1 = anatomy[n]
+        return ((x0 + x1) / 2 - x) ** 2 + ((y0 + y1) / 2 - y) ** 2
+
+    if not names:
+        return None
+    region = min(inside, key=area) if inside else min(names, key=distance)
+    return region if key in ZONE_KEYS else side_of(region)
 
 
 def questions() -> list[str]:
@@ -93,9 +142,12 @@ def _first_word(text: str) -> str:
     return words[0] if words else ""
 
 
-def check(result: InferenceResult, not_described: str) -> dict[str, tuple[int, list[str]]]:
-    """Per check: the units checked in one result, and what contradicts."""
-    from model.consistency import NOT_INSPECTED, claims
+def check(
+    result: InferenceResult, not_described: str, anatomy: Anatomy | None = None
+) -> dict[str, tuple[int, list[str]]]:
+    """Per check: the units checked in one result, and what contradicts (``anatomy``: the
+    film's true anatomical boxes, for the location check)."""
+    from model.consistency import NOT_INSPECTED, claims, named_location, sentences
     from model.train.gazedata.reports import vqa_from_labels
     from model.train.metrics import extract_findings
 
@@ -135,6 +187,25 @@ def check(result: InferenceResult, not_described: str) -> dict[str, tuple[int, l
             and s.text != not_described
         ],
     )
+    if anatomy is not None:
+        units = 0
+        wrong = []
+        for f in result.findings:
+            if not f.present or f.box is None:
+                continue
+            truth = true_location(f.key, f.box.centre, anatomy)
+            if truth is None:
+                continue
+            texts = [f.sentence] + [
+                s for s in sentences(text) if claims(s).findings.get(f.key) is True
+            ]
+            named = {n for n in (named_location(t, f.key) for t in texts) if n is not None}
+            if not named:
+                continue
+            units += 1
+            if named != {truth}:
+                wrong.append(f"{f.key}: box in the {truth}, text says {sorted(named)}")
+        out["location words vs the box"] = units, wrong
     expected_answers = dict(vqa_from_labels(present))
     expected_answers[EXTRA_QUESTIONS[0]] = "yes" if present["nodule"] or present["mass"] else "no"
     vqa = []
@@ -167,15 +238,18 @@ def main() -> None:
     t0 = time.perf_counter()
     seeds = [HELD_OUT_SEED + i for i in range(args.films)]
     for start in range(0, len(seeds), args.batch):
-        images = [film(s) for s in seeds[start : start + args.batch]]
-        for raw in predictor.engine.run(images, questions=qs):
+        films = [film_and_anatomy(s) for s in seeds[start : start + args.batch]]
+        images = [image for image, _ in films]
+        for raw, (_, anatomy) in zip(
+            predictor.engine.run(images, questions=qs), films, strict=True
+        ):
             source = source_image(Dataset(), raw.grid.Rows, raw.grid.Columns)
             raw_result = build_result(
                 raw, source, predictor.model, predictor.info, qs, consistent=False
             )
             result = predictor.to_result(raw, source, qs)
             for counts, res in ((before, raw_result), (after, result)):
-                for name, (n, bad) in check(res, _NOT_REPORTED).items():
+                for name, (n, bad) in check(res, _NOT_REPORTED, anatomy).items():
                     counts.setdefault(name, Count()).add(n, bad)
     seconds = time.perf_counter() - t0
 

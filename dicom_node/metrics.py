@@ -15,6 +15,11 @@ contract with ``deploy/grafana/gazex.json``:
     gazex_hl7_failures_total            ORU^R01 not acknowledged with AA
     gazex_model_seconds                 seconds per model prediction
     gazex_model_info{version}           1 for the loaded model version
+    gazex_model_batch_size              films per model call of the analysis worker
+    gazex_model_batch_seconds           seconds per model call (one batch)
+    gazex_gpu_memory_allocated_bytes{device}, gazex_gpu_memory_reserved_bytes{device},
+    gazex_gpu_memory_peak_bytes{device} the analysis worker's CUDA memory, read at scrape
+    gazex_gpu_utilization_ratio{device} the GPU's busy fraction (needs nvidia-ml-py)
 
 Collectors that read the database or the broker run with a short time limit, so a scrape
 never hangs on a peer that is down: the metric is left out instead. Only the node registers
@@ -24,7 +29,10 @@ so a worker exporting them too would count each study and message twice.
 A worker builds ``Metrics()``, calls ``set_model_version``, observes ``model_seconds``,
 ``stage_reached("analysed" | "notified", study.first_received_at)``, increments
 ``hl7_failures`` (and ``delivery_failures`` through ``Outbox``), and serves it with
-``dicom_node.web.server.start_http(settings, engine, metrics, {"model": check})``.
+``dicom_node.web.server.start_http(settings, engine, metrics, {"model": check})``. The
+analysis worker observes ``model_batch(size, seconds)`` per model call and, on CUDA only,
+adds a ``GPUCollector`` (on CPU the GPU metrics are absent, not zero); the node itself never
+imports torch, so the collector reads the device through a function the worker hands it.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -62,6 +71,8 @@ Stage = Literal["complete", "analysed", "delivered", "notified"]
 #: Seconds from the first instance to a stage: a quiet period of seconds up to an hour.
 STAGE_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
 MODEL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+#: Films per model call: 1 (no batching) up to ``worker.max_batch`` (at most 64).
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 #: Time limit of one database or broker read made at scrape time.
 COLLECT_TIMEOUT = 2.0
@@ -141,6 +152,18 @@ class Metrics:
             buckets=MODEL_BUCKETS,
             registry=self.registry,
         )
+        self.model_batch_size = Histogram(
+            "gazex_model_batch_size",
+            "Films per model call of the analysis worker (1: unbatched).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_batch_seconds = Histogram(
+            "gazex_model_batch_seconds",
+            "Seconds per model call (one batch of films).",
+            buckets=MODEL_BUCKETS,
+            registry=self.registry,
+        )
         self.domain_verdicts = Counter(
             "gazex_domain_verdicts",
             "Films analysed, by the domain gate's verdict (in_domain, out_of_domain, "
@@ -180,6 +203,11 @@ class Metrics:
         seconds = ((now or utcnow()) - first_received_at).total_seconds()
         self.stage_seconds.labels(stage=stage).observe(max(0.0, seconds))
 
+    def model_batch(self, size: int, seconds: float) -> None:
+        """Observe one model call of ``size`` films that took ``seconds``."""
+        self.model_batch_size.observe(size)
+        self.model_batch_seconds.observe(seconds)
+
     def set_model_version(self, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(version=version).set(1)
@@ -190,6 +218,72 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format."""
         return generate_latest(self.registry)
+
+
+@dataclass(frozen=True)
+class GPUReading:
+    """One CUDA device's state, as a worker reads it (``model.predictor.Predictor``)."""
+
+    allocated_bytes: int
+    reserved_bytes: int
+    peak_bytes: int
+    #: Busy fraction over the driver's last sample period; None without nvidia-ml-py.
+    utilization: float | None = None
+
+
+class GPUCollector(Collector):
+    """``gazex_gpu_*{device}``: the analysis worker's CUDA memory and utilisation, read at
+    scrape through ``read`` (None or an error: the metrics are left out of that scrape)."""
+
+    def __init__(self, device: str, read: Callable[[], GPUReading | None]) -> None:
+        self._device = device
+        self._read = read
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families(None))
+
+    @staticmethod
+    def _families(reading: GPUReading | None) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "gazex_gpu_memory_allocated_bytes",
+            "CUDA memory held by tensors of this process.",
+            labels=["device"],
+        )
+        yield GaugeMetricFamily(
+            "gazex_gpu_memory_reserved_bytes",
+            "CUDA memory reserved by this process's caching allocator.",
+            labels=["device"],
+        )
+        yield GaugeMetricFamily(
+            "gazex_gpu_memory_peak_bytes",
+            "Most CUDA memory held by tensors of this process since it started.",
+            labels=["device"],
+        )
+        if reading is None or reading.utilization is not None:
+            yield GaugeMetricFamily(
+                "gazex_gpu_utilization_ratio",
+                "Fraction of the last sample period the GPU was busy (all processes).",
+                labels=["device"],
+            )
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            reading = self._read()
+        except Exception as exc:  # noqa: BLE001 - leave the metrics out, never fail a scrape
+            logger.warning("GPU metrics unavailable: %s", type(exc).__name__)
+            return
+        if reading is None:
+            return
+        values = [
+            reading.allocated_bytes,
+            reading.reserved_bytes,
+            reading.peak_bytes,
+            reading.utilization,
+        ]
+        for family, value in zip(self._families(reading), values, strict=False):
+            assert value is not None
+            family.add_metric([self._device], value)
+            yield family
 
 
 class StudiesCollector(Collector):

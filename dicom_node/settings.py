@@ -257,6 +257,9 @@ class ModelSettings(_Section):
     checkpoint: Path | None = None
     #: "cuda", "cuda:1" or "cpu"; default: CUDA when present.
     device: str | None = None
+    #: The local Qwen2.5-VL folder a LoRA checkpoint was fine-tuned from (``gazex train
+    #: --backbone DIR --lora-rank R``); default: the folder the checkpoint records.
+    base_model: Path | None = None
 
 
 class WorkerSettings(_Section):
@@ -266,6 +269,13 @@ class WorkerSettings(_Section):
     #: An analysis queued or running longer than this is taken as lost (its worker died or
     #: its message vanished) and handed on again; must exceed ``time_limit``.
     stale_after: Annotated[float, Field(gt=0)] = 420.0
+    #: Studies the analysis worker runs through the model in one batch at most; 1 turns
+    #: batching off (one study at a time in a prefork child, as before). Default: 8 on CUDA,
+    #: 1 on CPU (``workers.batching`` says why and when to batch on a CPU).
+    max_batch: Annotated[int, Field(ge=1, le=64)] | None = None
+    #: Milliseconds a batch waits, from its first study, for more to arrive (up to
+    #: ``max_batch``). Default: 20 on CUDA, 0 on CPU.
+    batch_window_ms: Annotated[float, Field(ge=0, le=1000)] | None = None
 
     @model_validator(mode="after")
     def _limits_in_order(self) -> WorkerSettings:

@@ -25,9 +25,14 @@ heads define one checkpoint format together; split, a change to one would hide t
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +64,11 @@ WEIGHTS_FILE = "model.safetensors"
 BACKBONE_CONFIG_FILE = "backbone_config.json"
 GAZE_MODES: tuple[str, ...] = ("ordered", "shuffled", "random", "none")
 FINDING_POOLS: tuple[str, ...] = ("attention", "attention+global")
+#: A LoRA checkpoint: peft's adapter config beside the weights (heads plus adapter only).
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_NAME = "default"
+#: Where a LoRA checkpoint's base Qwen2.5-VL folder is when ``load`` is not told.
+BASE_MODEL_ENV = "GAZEX_BASE_MODEL"
 
 
 class CheckpointError(ValueError):
@@ -111,6 +121,11 @@ class GazeXSettings:
     max_report_tokens: int = 192
     max_answer_tokens: int = 24
     backbone: str = "scratch"
+    #: The Qwen2.5-VL folder a backbone run started from (absolute path when trained) and
+    #: the sha256 of its ``config.json``; a LoRA checkpoint (``adapter_config.json`` beside
+    #: the weights) needs that base to load. Empty for models built from scratch.
+    base_model: str = ""
+    base_model_config_sha256: str = ""
     name: str = "gazex-qwen2.5-vl"
     version: str = "0.1.0"
     trained_on_synthetic_data: bool = True
@@ -139,6 +154,11 @@ class GazeXSettings:
     #: a temperature per finding, fitted on the threshold readings), written by ``gazex
     #: train`` and ``gazex calibrate-probabilities``; empty: raw probabilities are reported.
     probability_calibration: str = ""
+    #: The anatomy prior of the gaze decoding (``model.anatomy_prior``: a region atlas in
+    #: normalised film coordinates and the ABCDEF step schedule of the K gaze tokens), fitted
+    #: on the training films by ``gazex train`` and ``gazex calibrate-anatomy``; empty: the
+    #: pointer is unconstrained and the region and step heads label the fixations.
+    anatomy_prior: dict[str, Any] = field(default_factory=dict)
     #: Mean gap (ms) between key fixations and mean dwell, for timing fall-backs.
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -184,6 +204,52 @@ class GazeXSettings:
             if key in data:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+def config_sha256(directory: Path) -> str:
+    """sha256 of a Qwen2.5-VL folder's ``config.json``: which base a LoRA checkpoint needs."""
+    return hashlib.sha256((directory / "config.json").read_bytes()).hexdigest()
+
+
+def load_backbone(directory: Path, **from_pretrained: Any) -> Qwen2_5_VLForConditionalGeneration:
+    """The Qwen2.5-VL weights of a local folder (offline; float32 unless told otherwise)."""
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory} is not a Qwen2.5-VL model folder (no config.json)")
+    options: dict[str, Any] = {"dtype": torch.float32, **from_pretrained}
+    vlm: Qwen2_5_VLForConditionalGeneration = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(directory), local_files_only=True, **options
+    )
+    return vlm
+
+
+def base_folder(directory: Path, settings: GazeXSettings, base: Path | None = None) -> Path:
+    """The base Qwen2.5-VL folder of LoRA checkpoint ``directory``, checked against its hash.
+
+    ``base``, else ``$GAZEX_BASE_MODEL``, else the recorded folder when it still exists.
+    """
+    wanted = f"the {settings.backbone!r} folder it was trained on"
+    hint = f"pass base=DIR (or set {BASE_MODEL_ENV}=DIR) to {wanted}"
+    env = os.environ.get(BASE_MODEL_ENV, "")
+    recorded = Path(settings.base_model) if settings.base_model else None
+    if base is None and env:
+        base = Path(env)
+    if base is None and recorded is not None and recorded.is_dir():
+        base = recorded
+    if base is None:
+        raise CheckpointError(
+            f"LoRA checkpoint {directory} needs its base model "
+            f"({f'{recorded} is gone' if recorded else 'none recorded'}): {hint}"
+        )
+    if not (base / "config.json").is_file():
+        raise CheckpointError(
+            f"base model {base} of LoRA checkpoint {directory} has no config.json: {hint}"
+        )
+    if config_sha256(base) != settings.base_model_config_sha256:
+        raise CheckpointError(
+            f"base model {base} is not the one LoRA checkpoint {directory} was trained on "
+            f"(its config.json differs): {hint}"
+        )
+    return base
 
 
 def scratch_config(size: ModelSize, codec: TextCodec, settings: GazeXSettings) -> Qwen2_5_VLConfig:
@@ -378,6 +444,8 @@ class GazeXModel(nn.Module):
         self.image_token_id = codec.id(IMAGE_PAD)
         self.gaze_token_id = codec.id(GAZE)
         self.gaze_end_id = codec.id(GAZE_END)
+        #: True once a LoRA adapter was folded into the weights (:meth:`merge_adapter`).
+        self.adapter_merged = False
 
     # -- construction ---------------------------------------------------------------
 
@@ -391,18 +459,25 @@ class GazeXModel(nn.Module):
         return cls(vlm, codec, settings)
 
     @classmethod
-    def from_backbone(cls, directory: Path, settings: GazeXSettings) -> GazeXModel:
-        """Real Qwen2.5-VL weights from a local folder (offline), with gaze tokens added."""
-        if not (directory / "config.json").is_file():
-            raise CheckpointError(f"{directory} is not a Qwen2.5-VL model folder (no config.json)")
-        vlm = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            str(directory), local_files_only=True, dtype=torch.float32
-        )
+    def from_backbone(
+        cls, directory: Path, settings: GazeXSettings, **from_pretrained: Any
+    ) -> GazeXModel:
+        """Real Qwen2.5-VL weights from a local folder (offline), with gaze tokens added.
+
+        The folder's own ``tokenizer.json`` (Hugging Face format) gets GazeX's special
+        tokens; the embeddings grow when their ids do not fit (a real Qwen2.5-VL matrix has
+        spare rows, so they usually fit). The settings record the folder and the sha256 of
+        its ``config.json``: a LoRA checkpoint needs both to load again. ``from_pretrained``
+        goes to transformers (``dtype``, ``quantization_config``, ``device_map``: QLoRA).
+        """
+        vlm = load_backbone(directory, **from_pretrained)
         codec = TextCodec.load(directory)
         vision: Any = vlm.config.vision_config
         settings = replace(
             settings,
             backbone=directory.name,
+            base_model=str(directory.resolve()),
+            base_model_config_sha256=config_sha256(directory),
             patch_size=int(vision.patch_size),
             merge_size=int(vision.spatial_merge_size),
             temporal_patch_size=int(vision.temporal_patch_size),
@@ -421,24 +496,177 @@ class GazeXModel(nn.Module):
         if codec.vocab_size > int(embeddings.weight.shape[0]):
             vlm.resize_token_embeddings(codec.vocab_size)
 
+    # -- LoRA adapter (peft, imported only when one is used) ---------------------------
+
+    @property
+    def adapter(self) -> Any:
+        """peft's ``LoraModel`` around ``self.vlm`` while a LoRA adapter is attached, else None.
+
+        Kept out of the module tree (the adapter's layers already live inside ``self.vlm``),
+        so ``state_dict`` and ``parameters`` list each weight once.
+        """
+        return self.__dict__.get("_lora")
+
+    def attach_adapter(self, config: Any) -> None:
+        """Inject the LoRA layers of ``config`` (a ``peft.LoraConfig``) into the backbone."""
+        from peft import LoraModel
+
+        if self.adapter is not None:
+            raise ValueError("the backbone already carries a LoRA adapter")
+        self.__dict__["_lora"] = LoraModel(self.vlm, config, ADAPTER_NAME)
+
+    def merge_adapter(self) -> None:
+        """Fold the adapter into the backbone's weights and drop the LoRA layers.
+
+        Inference reads the decoder's weights directly (:class:`model.decoding.DecoderWeights`),
+        so an unmerged adapter would be ignored there; merged, it is also faster. A merged
+        model saves as a full checkpoint.
+        """
+        tuner = self.adapter
+        if tuner is None:
+            return
+        self.vlm = tuner.merge_and_unload()
+        del self.__dict__["_lora"]
+        self.adapter_merged = True
+
+    @contextmanager
+    def merged_adapter(self) -> Iterator[None]:
+        """Within: the backbone reads as if the adapter were merged, and stays trainable after.
+
+        For code that reads the decoder's weights directly (the inference engine: the
+        training loop's calibration and domain gate) while the adapter keeps training: each
+        LoRA layer's base ``weight`` holds base + B A and the layer skips its own update;
+        the embedding and LM head wrapped for the trainable token rows are plain modules
+        holding those rows. The trained base weights are set aside, not modified, and put
+        back on exit, so they stay bit-for-bit; the merged copies cost the adapted layers'
+        size again meanwhile.
+        """
+        tuner = self.adapter
+        if tuner is None:
+            yield
+            return
+        if getattr(self.vlm, "is_loaded_in_4bit", False):
+            raise ValueError("a 4-bit (QLoRA) base cannot be read merged: load the checkpoint")
+        from peft.tuners.lora import LoraLayer
+        from peft.utils.other import TrainableTokensWrapper
+
+        swapped: list[tuple[Any, nn.Module, nn.Parameter]] = []
+        unwrapped: list[tuple[nn.Module, str, nn.Module]] = []
+        try:
+            with torch.no_grad():
+                for name, module in list(self.vlm.named_modules()):
+                    if isinstance(module, TrainableTokensWrapper):
+                        plain: Any = copy.copy(module.original_module)
+                        plain._parameters = dict(plain._parameters)
+                        plain.weight = nn.Parameter(module.weight.detach(), requires_grad=False)
+                        parent_name, _, child = name.rpartition(".")
+                        parent = self.vlm.get_submodule(parent_name)
+                        setattr(parent, child, plain)
+                        unwrapped.append((parent, child, module))
+                    elif isinstance(module, LoraLayer) and not module.merged:
+                        layer: Any = module
+                        base: Any = layer.get_base_layer()
+                        weight = base.weight
+                        delta = layer.get_delta_weight(ADAPTER_NAME).to(weight.dtype)
+                        base.weight = nn.Parameter(weight + delta, requires_grad=False)
+                        layer.merged_adapters.append(ADAPTER_NAME)
+                        swapped.append((layer, base, weight))
+            yield
+        finally:
+            for layer, base, weight in swapped:
+                base.weight = weight
+                layer.merged_adapters.remove(ADAPTER_NAME)
+            for parent, child, wrapper in unwrapped:
+                setattr(parent, child, wrapper)
+
+    def detach_adapter(self) -> tuple[Any, dict[str, torch.Tensor]] | None:
+        """Take the adapter off unmerged: its peft config and ``vlm.``-keyed weights (for
+        :meth:`load_adapter_state` on another copy of the base), or None without one."""
+        tuner = self.adapter
+        if tuner is None:
+            return None
+        config = tuner.peft_config[ADAPTER_NAME]
+        state = {k: v for k, v in self.adapter_state().items() if k.startswith("vlm.")}
+        self.vlm = tuner.unload()
+        del self.__dict__["_lora"]
+        return config, state
+
+    def load_adapter_state(self, state: dict[str, torch.Tensor]) -> None:
+        """The adapter's weights from a ``vlm.``-keyed state (the heads' keys are ignored)."""
+        from peft import set_peft_model_state_dict
+
+        adapter = {k.removeprefix("vlm."): v for k, v in state.items() if k.startswith("vlm.")}
+        set_peft_model_state_dict(self.vlm, adapter, adapter_name=ADAPTER_NAME)
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        """What a LoRA checkpoint stores: every head, and the adapter under ``vlm.``."""
+        from peft import get_peft_model_state_dict
+
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("vlm.")}
+        adapter = get_peft_model_state_dict(
+            self.vlm, adapter_name=ADAPTER_NAME, save_embedding_layers=False
+        )
+        state.update({f"vlm.{k}": v for k, v in adapter.items()})
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    # -- checkpoints ----------------------------------------------------------------
+
     def save(self, directory: Path) -> None:
-        """Weights (safetensors), backbone config, tokenizer and settings."""
+        """Weights (safetensors), backbone config, tokenizer and settings.
+
+        With a LoRA adapter attached the weights file holds the heads and the adapter only
+        (LoRA matrices and the rows of the tokens GazeX added) and ``adapter_config.json``
+        says how to apply it: the base weights stay in the folder ``settings.base_model``
+        names, identified by ``settings.base_model_config_sha256``.
+        """
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        if self.vlm.config.tie_word_embeddings:
-            state.pop("vlm.lm_head.weight", None)
+        tuner = self.adapter
+        if tuner is None:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+            if self.vlm.config.tie_word_embeddings:
+                state.pop("vlm.lm_head.weight", None)
+            (directory / ADAPTER_CONFIG_FILE).unlink(missing_ok=True)
+        else:
+            state = self.adapter_state()
+            tuner.peft_config[ADAPTER_NAME].save_pretrained(str(directory))
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         (directory / BACKBONE_CONFIG_FILE).write_text(self.vlm.config.to_json_string())
         (directory / SETTINGS_FILE).write_text(self.settings.to_json())
         self.codec.save(directory)
 
     @classmethod
-    def load(cls, directory: Path, device: torch.device | None = None) -> GazeXModel:
+    def load(
+        cls,
+        directory: Path,
+        device: torch.device | None = None,
+        base: Path | None = None,
+        *,
+        merge: bool = True,
+    ) -> GazeXModel:
+        """A checkpoint folder; a LoRA checkpoint also reads its base Qwen2.5-VL folder.
+
+        The base is ``base``, else ``$GAZEX_BASE_MODEL``, else the folder recorded in the
+        settings when it still exists; its ``config.json`` must hash to the recorded sha256.
+        ``merge`` folds the adapter into the base weights (what inference needs); pass False
+        to keep training it.
+        """
         for name in (WEIGHTS_FILE, BACKBONE_CONFIG_FILE, SETTINGS_FILE):
             if not (directory / name).is_file():
                 raise CheckpointError(f"checkpoint {directory} lacks {name}")
         settings = GazeXSettings.from_json((directory / SETTINGS_FILE).read_text())
         codec = TextCodec.load(directory)
+        if (directory / ADAPTER_CONFIG_FILE).is_file():
+            model = cls._load_adapter_checkpoint(directory, settings, codec, base, merge)
+        else:
+            model = cls._load_full_checkpoint(directory, settings, codec)
+        if device is not None:
+            model.to(device)
+        return model
+
+    @classmethod
+    def _load_full_checkpoint(
+        cls, directory: Path, settings: GazeXSettings, codec: TextCodec
+    ) -> GazeXModel:
         config_dict = json.loads((directory / BACKBONE_CONFIG_FILE).read_text())
         config = Qwen2_5_VLConfig(**config_dict)
         vlm = Qwen2_5_VLForConditionalGeneration(config)
@@ -453,8 +681,39 @@ class GazeXModel(nn.Module):
             )
         if config.tie_word_embeddings:
             model.vlm.tie_weights()
-        if device is not None:
-            model.to(device)
+        return model
+
+    @classmethod
+    def _load_adapter_checkpoint(
+        cls,
+        directory: Path,
+        settings: GazeXSettings,
+        codec: TextCodec,
+        base: Path | None,
+        merge: bool,
+    ) -> GazeXModel:
+        from peft import LoraConfig
+
+        base_dir = base_folder(directory, settings, base)
+        vlm = load_backbone(base_dir)
+        cls._align_config(vlm, codec)
+        model = cls(vlm, codec, settings)
+        model.attach_adapter(LoraConfig.from_pretrained(str(directory)))
+        state = load_file(str(directory / WEIGHTS_FILE))
+        # Exactly the keys that saving this freshly attached adapter would write.
+        expected = model.adapter_state().keys()
+        missing = sorted(expected - state.keys())
+        unexpected = sorted(state.keys() - expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"LoRA checkpoint {directory} does not match its base {base_dir}: missing "
+                f"{missing[:3]}, unexpected {unexpected[:3]}"
+            )
+        model.load_adapter_state(state)
+        heads = {k: v for k, v in state.items() if not k.startswith("vlm.")}
+        model.load_state_dict(heads, strict=False)  # the keys were checked above
+        if merge:
+            model.merge_adapter()
         return model
 
     # -- pieces -----------------------------------------------------------------------

@@ -7,6 +7,7 @@ Registration is cheap: torch and the training stack are imported inside the comm
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,11 +18,13 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``data``, ``train``, ``eval`` and ``predict`` to the ``gazex`` parser."""
+    """Add ``data``, ``train``, ``eval``, ``predict`` and ``calibrate-anatomy`` to the
+    ``gazex`` parser."""
     from model.train import cli as train_cli
     from model.train.gazedata import cli as data_cli
+    from model.train.shards import register_data_command
 
-    data_cli.register(subparsers)
+    register_data_command(data_cli.register(subparsers))  # gazex data shard
     train_cli.register(subparsers)
     pr = subparsers.add_parser(
         "predict",
@@ -46,6 +49,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     pr.add_argument("--png", type=Path, metavar="OUT", help="overlay PNG (same naming)")
     pr.add_argument("--device")
     pr.set_defaults(func=run_predict)
+
+    anatomy = subparsers.add_parser(
+        "calibrate-anatomy",
+        help="fit a checkpoint's anatomy prior (ABCDEF gaze schedule, region atlas)",
+        description="Fit the anatomy prior of the gaze decoding (model/anatomy_prior.py: "
+        "the ABCDEF step of each gaze token, from the training readings' key fixations, and "
+        "a region atlas from the training films' anatomical boxes) of an existing checkpoint "
+        "and write it into its gazex.json; the weights are not touched. Give the checkpoint's "
+        "training --data, --format and --exclude-reader (a subset of its training films, "
+        "e.g. --max-samples 500, is enough for the atlas; other films are warned about). "
+        "`gazex train` fits the prior itself.",
+    )
+    train_cli._add_calibration_arguments(anatomy)
+    anatomy.set_defaults(func=run_calibrate_anatomy)
 
 
 def _indexed(path: Path, index: int, count: int) -> Path:
@@ -88,6 +105,45 @@ def domain_line(result: InferenceResult) -> str:
     return (
         f"domain: OUT (score {check.score:.1f} > threshold {check.threshold:.1f}, {check.method})"
     )
+
+
+def run_calibrate_anatomy(args: argparse.Namespace) -> int:
+    from model.anatomy_prior import AnatomyPrior
+    from model.architecture import SETTINGS_FILE, GazeXSettings
+    from model.predictor import checkpoint_sha256, default_checkpoint
+    from model.train.anatomy_prior import fit_anatomy_prior, write_anatomy_prior
+    from model.train.datasets import load_split
+    from model.train.provenance import training_overlap
+
+    ckpt: Path = args.ckpt or default_checkpoint()
+    settings = GazeXSettings.from_json((ckpt / SETTINGS_FILE).read_text())
+    samples = load_split(
+        args.data, args.format, "train", args.max_samples, exclude_readers=args.exclude_reader
+    )
+    overlap = training_overlap(settings.training_data, samples)
+    if overlap.recorded and overlap.evaluated > overlap.films:
+        print(
+            f"warning: {overlap.evaluated - overlap.films} of these {overlap.evaluated} films "
+            f"are not among {ckpt.name}'s recorded training films; the prior describes the "
+            "films given",
+            file=sys.stderr,
+            flush=True,
+        )
+    fitted = fit_anatomy_prior(samples, settings)
+    if not fitted:
+        raise ValueError(
+            f"no anatomy prior from these {len(samples)} readings: their films carry no "
+            "anatomical boxes or their fixations no ABCDEF step"
+        )
+    write_anatomy_prior(ckpt, fitted)
+    prior = AnatomyPrior.from_json(fitted)
+    schedule = "".join(s.value for s in prior.schedule)
+    print(
+        f"anatomy prior fitted on {prior.films} training films ({len(samples)} readings): "
+        f"atlas {prior.size} x {prior.size} cells, gaze schedule {schedule}"
+    )
+    print(f"written to {ckpt / SETTINGS_FILE}; checkpoint sha256 now {checkpoint_sha256(ckpt)}")
+    return 0
 
 
 def run_predict(args: argparse.Namespace) -> int:

@@ -13,7 +13,11 @@ about the findings and makes it agree with the decisions:
 - :func:`agree` keeps every sentence that agrees with the decisions or claims nothing, and
   replaces a sentence that contradicts them with the findings' own sentences for their
   decisions (:func:`own_sentences`);
-- :func:`decided_answer` answers a presence or device-count question from the decisions.
+- :func:`decided_answer` answers a presence or device-count question from the decisions;
+- :func:`locate_text` makes the location words of a finding's sentences ("a nodule in the
+  left upper lung zone", "small right pleural effusion") name the region where the finding's
+  box lies (``model.anatomy_prior.box_regions``), and :func:`located_answer` answers "Where
+  is the X?" and "Which side ...?" from it, so the text and the drawing tell one story.
 
 Nothing here reads pixels or the model: it is plain text against a mapping of decisions, so
 the same functions measure the contradictions (``benchmarks/bench_consistency.py``).
@@ -61,6 +65,7 @@ NORMAL_STATEMENTS: dict[str, tuple[str, ...]] = {
 GROUP_STATEMENTS: tuple[tuple[str, tuple[str, ...], bool], ...] = (
     ("no lines or tubes", DEVICE_KEYS, False),
     ("no support devices", DEVICE_KEYS, False),
+    ("no foreign material", DEVICE_KEYS, False),
     ("no acute cardiopulmonary abnormality", DISEASE_KEYS, False),
     ("no abnormality", DISEASE_KEYS, False),
     ("support devices as described", DEVICE_KEYS, True),
@@ -72,6 +77,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _SUPPORT_CLAUSE = re.compile(r"[\s,]*\b(and\s+)?support devices as described", re.IGNORECASE)
 #: The text of a section whose ABCDEF step the trajectory did not inspect.
 NOT_INSPECTED = "Not inspected by the model's trajectory."
+#: What step F says when it was inspected, no device is present and its text says nothing
+#: about lines and tubes: the step is reported, not left blank.
+NO_FOREIGN_MATERIAL = "No foreign material seen."
 
 
 def _pattern(phrase: str) -> re.Pattern[str]:
@@ -202,11 +210,12 @@ def agree_report(
 
     A step the trajectory did not inspect says so (:data:`NOT_INSPECTED`), followed by the
     finding head's present findings of that step (the head reads the whole film), instead of
-    the generated text as if the step had been reviewed. Other sections and the impression
-    keep the model's sentences that agree (:func:`agree`); a present finding the sections do
-    not assert gets its own sentence in its step's section, and the impression names the
-    present findings it does not ("Also found by the model: ..."). An empty impression stays
-    empty (the caller writes one from the findings)."""
+    the generated text as if the step had been reviewed; an inspected step F with no device
+    present that says nothing about lines and tubes says :data:`NO_FOREIGN_MATERIAL`. Other
+    sections and the impression keep the model's sentences that agree (:func:`agree`); a
+    present finding the sections do not assert gets its own sentence in its step's section,
+    and the impression names the present findings it does not ("Also found by the model:
+    ..."). An empty impression stays empty (the caller writes one from the findings)."""
     visited = set(inspected)
     out: dict[Step, str] = {}
     for step in STEPS:
@@ -221,6 +230,11 @@ def agree_report(
     for key in missing(body, present, FINDING_KEYS):
         step = FINDINGS_BY_KEY[key].step
         out[step] = " ".join(p for p in (out[step], *own_sentences([key], present)) if p)
+    foreign = Step.FOREIGN_MATERIAL
+    if foreign in visited and not any(present.get(k, False) for k in DEVICE_KEYS):
+        said = claims(out[foreign])
+        if not any(k in said.findings for k in DEVICE_KEYS) and not said.groups:
+            out[foreign] = " ".join(p for p in (out[foreign], NO_FOREIGN_MATERIAL) if p)
     if not impression.strip():
         return out, ""
     text = agree(impression, present, negatives=False)
@@ -256,4 +270,106 @@ def decided_answer(question: str, present: Mapping[str, bool]) -> str | None:
         return "yes" if any(present.get(k, False) for k in keys) else "no"
     if _ABOUT_ONE.search(q) and not any(present.get(k, False) for k in keys):
         return f"none: no {_joined([_display(k).lower() for k in keys])} was found"
+    return None
+
+
+# -- where: the location words of a finding follow its box (issue 16, item 2) -------------
+
+#: Findings whose sentence names a lung zone ("A 12 mm nodule in the left upper lung zone").
+ZONE_KEYS: tuple[str, ...] = ("nodule", "mass", "consolidation")
+#: Findings whose sentence names a side ("Small right pleural effusion ...").
+SIDE_KEYS: tuple[str, ...] = ("pleural_effusion", "pneumothorax", "atelectasis")
+_ZONE = re.compile(r"\b(right|left) (apical|upper lung|mid lung|lower lung) zone\b", re.IGNORECASE)
+_SIDE = re.compile(r"\b(right|left)\b", re.IGNORECASE)
+_BILATERAL = re.compile(r"\b(bilateral|both)\b", re.IGNORECASE)
+
+
+def side_of(region: str) -> str | None:
+    """ "right" or "left" for a sided region name (the patient's side), else None."""
+    first = region.split(" ", 1)[0]
+    return first if first in ("right", "left") else None
+
+
+def named_location(sentence: str, key: str) -> str | None:
+    """The location ``sentence`` gives a finding: the lung zone it names (nodule, mass,
+    consolidation), the side (effusion, pneumothorax, atelectasis; None for "bilateral"),
+    or None when it names none."""
+    if key in ZONE_KEYS:
+        match = _ZONE.search(sentence)
+        return match.group(0).lower() if match else None
+    if key in SIDE_KEYS and not _BILATERAL.search(sentence):
+        match = _SIDE.search(sentence)
+        return match.group(0).lower() if match else None
+    return None
+
+
+def locate_sentence(sentence: str, key: str, region: str) -> str:
+    """``sentence`` with the location words of finding ``key`` made to name ``region``,
+    where its box lies: a lung zone phrase becomes ``region`` (when it is a lung zone), a
+    side word the region's side (not in a "bilateral" sentence). Other sentences are kept."""
+    if key in ZONE_KEYS and region.endswith(" zone") and side_of(region):
+        return _ZONE.sub(region, sentence)
+    side = side_of(region)
+    if key in SIDE_KEYS and side and not _BILATERAL.search(sentence):
+
+        def keep_case(match: re.Match[str]) -> str:
+            return side.capitalize() if match.group(0)[0].isupper() else side
+
+        return _SIDE.sub(keep_case, sentence)
+    return sentence
+
+
+def locate_text(text: str, regions: Mapping[str, str]) -> str:
+    """``text`` with each sentence that asserts exactly one located finding (a key of
+    ``regions``: finding -> the region of its box) naming that region
+    (:func:`locate_sentence`; a finding's own "X present." gains "in the <zone>" or "on the
+    <side>"), clause by clause where a sentence asserts several; other sentences are kept."""
+    out: list[str] = []
+    for sentence in sentences(text):
+        asserted = [k for k, said in claims(sentence).findings.items() if said and k in regions]
+        if len(asserted) == 1 and sentence == own_sentences(asserted, {asserted[0]: True})[0]:
+            sentence = _placed(asserted[0], regions[asserted[0]]) or sentence
+        elif len(asserted) == 1:
+            sentence = locate_sentence(sentence, asserted[0], regions[asserted[0]])
+        elif asserted:  # several: clause by clause ("A left effusion and a right nodule.")
+            parts = _CLAUSE.split(sentence)
+            for i in range(0, len(parts), 2):
+                said = claims(parts[i]).findings
+                own = [k for k in asserted if said.get(k)]
+                if len(own) == 1:
+                    parts[i] = locate_sentence(parts[i], own[0], regions[own[0]])
+            sentence = "".join(parts)
+        out.append(sentence)
+    return " ".join(out)
+
+
+def _placed(key: str, region: str) -> str | None:
+    """A finding's own sentence with where its box lies: "Nodule present in the right lower
+    lung zone.", "Pleural effusion present on the left."; None for other findings."""
+    side = side_of(region)
+    if key in ZONE_KEYS and region.endswith(" zone") and side:
+        return f"{_display(key)} present in the {region}."
+    if key in SIDE_KEYS and side:
+        return f"{_display(key)} present on the {side}."
+    return None
+
+
+_CLAUSE = re.compile(r"(,\s*|;\s*|\s+and\s+|\s+with\s+)")
+
+
+_WHERE = re.compile(r"^\s*where is the\b(?!.*\btip\b)", re.IGNORECASE)
+_WHICH_SIDE = re.compile(r"^\s*which side\b", re.IGNORECASE)
+
+
+def located_answer(question: str, regions: Mapping[str, str]) -> str | None:
+    """The answer the boxes give to "Where is the X?" (the region of X's box) and "Which side
+    is the X on?" (its side) for a present, located finding X; None otherwise."""
+    keys = [k for k, said in claims(question.lower()).findings.items() if k in regions]
+    if len(keys) != 1:
+        return None
+    region = regions[keys[0]]
+    if _WHERE.search(question):
+        return region
+    if _WHICH_SIDE.search(question):
+        return side_of(region)
     return None

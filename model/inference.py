@@ -18,6 +18,8 @@ import numpy.typing as npt
 import torch
 from torch.nn import functional
 
+from model.abcdef import STEPS
+from model.anatomy_prior import AnatomyPrior, TokenPlan, load_prior
 from model.architecture import GazeXModel, pad_image_tokens
 from model.decoding import DecoderWeights, KVDecoder
 from model.geometry import PatchGrid
@@ -48,6 +50,16 @@ class RawOutput:
     image_features: npt.NDArray[np.float32] = field(
         default_factory=lambda: np.zeros(0, dtype=np.float32)
     )
+    #: Each fixation's point (u, v) in fractions of the film's width and height, when the
+    #: anatomy prior placed it within its token (:mod:`model.anatomy_prior`); empty: the
+    #: token centres.
+    points: list[tuple[float, float]] = field(default_factory=list)
+
+    def fixation_points(self) -> list[tuple[float, float]]:
+        """SCOORD (x, y) of each fixation: its point, else its token's centre."""
+        if self.points:
+            return [(u * self.grid.Columns, v * self.grid.Rows) for u, v in self.points]
+        return [self.grid.patch_centre(p) for p in self.patch_indices]
 
 
 def pooled_image_tokens(h_img: torch.Tensor) -> torch.Tensor:
@@ -117,6 +129,33 @@ def cpu_threads(device: torch.device, count: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def _constrain(
+    logits: torch.Tensor,
+    plan: TokenPlan,
+    step: int,
+    visited: torch.Tensor,
+    previous: torch.Tensor | None,
+) -> torch.Tensor:
+    """Pointer logits (B, N) restricted to the tokens of ``step`` in ``plan``: first those
+    not yet fixated; where a row has none left, those other than the previous fixation; where
+    none, all of the step's. A step with no token at all in the plan is left unconstrained
+    (but the previous fixation is still excluded)."""
+    allowed = torch.from_numpy(plan.allowed[step]).to(logits.device)[None, :]
+    if not bool(allowed.any()):
+        if previous is not None:
+            logits[torch.arange(logits.shape[0], device=logits.device), previous] = float("-inf")
+        return logits
+    mask = allowed & ~visited
+    if previous is not None:
+        fallback = allowed.clone().expand_as(visited).clone()
+        fallback[torch.arange(logits.shape[0], device=logits.device), previous] = False
+    else:
+        fallback = allowed.expand_as(visited)
+    mask = torch.where(mask.any(dim=1, keepdim=True), mask, fallback)
+    mask = torch.where(mask.any(dim=1, keepdim=True), mask, allowed.expand_as(visited))
+    return logits.masked_fill(~mask, float("-inf"))
+
+
 class InferenceEngine:
     """Runs a loaded :class:`GazeXModel` on display images (float32, [0, 1], 1.0 white)."""
 
@@ -132,6 +171,27 @@ class InferenceEngine:
         self.ids = {
             name: codec.id(name) for name in (EOS, GAZE, GAZE_END, PAD, QUESTION, REPORT, ANSWER)
         }
+        #: The checkpoint's anatomy prior: the ABCDEF schedule and region atlas that constrain
+        #: the pointer (None: unconstrained, the region and step heads label the fixations).
+        self.prior: AnatomyPrior | None = load_prior(model.settings)
+        self._plans: dict[tuple[int, int, int, int], TokenPlan] = {}
+
+    def _plan(self, grid: PatchGrid) -> TokenPlan | None:
+        """The prior's decoding plan of one token grid (cached), None without a prior."""
+        if self.prior is None:
+            return None
+        key = (grid.Rows, grid.Columns, grid.grid_h, grid.grid_w)
+        if key not in self._plans:
+            self._plans[key] = self.prior.plan(grid)
+        return self._plans[key]
+
+    def schedule(self, k: int) -> list[int]:
+        """The step index (into STEPS) of each of the ``k`` gaze tokens under the prior: its
+        schedule, stretched in order when it was fitted for another K."""
+        if self.prior is None:
+            return []
+        steps = self.prior.schedule
+        return [STEPS.index(steps[j * len(steps) // k]) for j in range(k)]
 
     def run(
         self,
@@ -258,8 +318,12 @@ class InferenceEngine:
             rows = torch.arange(b, device=dev)
             gaze_keys = model.gaze_key(h_img)
 
+            plan = self._plan(grid) if k > 0 else None
+            schedule = self.schedule(k) if plan is not None else []
             chosen: list[torch.Tensor] = []
             gaze_probs, regions, steps, timings = [], [], [], []
+            points: list[torch.Tensor] = []
+            visited = torch.zeros(b, n, dtype=torch.bool, device=dev)
             st = model.embed_tokens(torch.full((b, 1), self.ids[GAZE], device=dev))
             for j in range(k):
                 x = st
@@ -267,14 +331,40 @@ class InferenceEngine:
                     x = st + model.gaze_feedback(img_in[rows, chosen[-1]])[:, None, :]
                 h = state.run(x)
                 logits, region, step, timing = model.gaze_outputs(h, h_img, img_mask, gaze_keys)
-                logits = logits[:, 0]
-                if j > 0:
-                    logits = logits.clone()
-                    logits[rows, chosen[-1]] = float("-inf")
+                logits = logits[:, 0].clone()
+                previous = chosen[-1] if j > 0 else None
+                if plan is not None:
+                    logits = _constrain(logits, plan, schedule[j], visited, previous)
+                elif previous is not None:
+                    logits[rows, previous] = float("-inf")
                 gaze_probs.append(torch.softmax(logits.float(), dim=-1))
-                chosen.append(logits.argmax(dim=-1))
-                regions.append(region[:, 0].argmax(-1))
-                steps.append(step[:, 0].argmax(-1))
+                pick = logits.argmax(dim=-1)
+                chosen.append(pick)
+                visited[rows, pick] = True
+                if plan is not None and self.prior is not None:
+                    # The scheduled step, the atlas cell's point and region; a step the plan
+                    # has no token for keeps the token centre and the region head's label.
+                    s = schedule[j]
+                    at = pick.cpu().numpy()
+                    head = region[:, 0].argmax(-1).tolist()
+                    names = [self.prior.regions[r] if r >= 0 else "" for r in plan.regions[s, at]]
+                    regions.append(
+                        torch.tensor(
+                            [
+                                settings.regions.index(r) if r else head[i]
+                                for i, r in enumerate(names)
+                            ],
+                            device=dev,
+                        )
+                    )
+                    steps.append(torch.full((b,), s, dtype=torch.long, device=dev))
+                    rr, cc = np.divmod(at, grid.grid_w)
+                    centres = np.stack([(cc + 0.5) / grid.grid_w, (rr + 0.5) / grid.grid_h], 1)
+                    allowed = plan.allowed[s, at][:, None]
+                    points.append(torch.from_numpy(np.where(allowed, plan.points[s, at], centres)))
+                else:
+                    regions.append(region[:, 0].argmax(-1))
+                    steps.append(step[:, 0].argmax(-1))
                 timings.append(timing[:, 0].float())
             h_end = state.run(
                 model.embed_tokens(torch.full((b, 1), self.ids[GAZE_END], device=dev))
@@ -324,6 +414,7 @@ class InferenceEngine:
                     report=reports[i],
                     answers=answers[i],
                     image_features=pooled_np[i],
+                    points=[(float(p[i, 0]), float(p[i, 1])) for p in points],
                 )
             )
         return outs

@@ -79,6 +79,13 @@ def visited_steps(steps: Sequence[Step], regions: Sequence[str]) -> set[Step]:
     return visited
 
 
+def nvml_available() -> bool:
+    """Whether nvidia-ml-py (``pynvml``) is installed, without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("pynvml") is not None
+
+
 def default_checkpoint() -> Path:
     return DEFAULT_CHECKPOINT
 
@@ -113,14 +120,35 @@ def source_image(ds: Dataset, rows: int, columns: int) -> SourceImage:
     )
 
 
-class Predictor:
-    """A checkpoint loaded once; ``predict`` is thread-compatible but not re-entrant."""
+class _FP32Engine(InferenceEngine):
+    """The inference engine without bf16 autocast on CUDA (to compare the two)."""
 
-    def __init__(self, model: GazeXModel, checkpoint: Path, device: torch.device) -> None:
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, enabled=False)
+
+
+class Predictor:
+    """A checkpoint loaded once; ``predict`` is thread-compatible but not re-entrant.
+
+    On CUDA the model runs under bf16 autocast (``bf16=False``: float32, to measure the
+    difference); on CPU always in float32."""
+
+    def __init__(
+        self,
+        model: GazeXModel,
+        checkpoint: Path,
+        device: torch.device,
+        *,
+        bf16: bool = True,
+        max_batch: int = 8,
+    ) -> None:
         self.model = model
         self.checkpoint = checkpoint
         self.device = device
-        self.engine = InferenceEngine(model, device)
+        engine = InferenceEngine if bf16 else _FP32Engine
+        self.engine = engine(model, device, max_batch=max_batch)
+        #: The dtype the model computes in: "bfloat16" (CUDA autocast) or "float32".
+        self.dtype = "bfloat16" if bf16 and device.type == "cuda" else "float32"
         settings = model.settings
         #: The checkpoint's domain gate (:mod:`model.domain`); None: results say "not checked".
         self.gate: DomainGate | None = load_gate(checkpoint, settings.domain_gate)
@@ -137,15 +165,44 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path | None = None, device: str | torch.device | None = None
+        cls,
+        path: str | Path | None = None,
+        device: str | torch.device | None = None,
+        *,
+        bf16: bool = True,
+        max_batch: int = 8,
+        base: Path | None = None,
     ) -> Predictor:
-        """Load a checkpoint folder (the shipped default when ``path`` is None)."""
+        """Load a checkpoint folder (the shipped default when ``path`` is None) on
+        ``device`` (default: CUDA when present). ``max_batch``: films per forward pass when
+        ``predict`` is given several (more are run in chunks of that size). ``base``: the
+        local Qwen2.5-VL folder a LoRA checkpoint was fine-tuned from (default:
+        ``$GAZEX_BASE_MODEL``, else the folder its gazex.json records)."""
         directory = Path(path) if path is not None else DEFAULT_CHECKPOINT
         dev = select_device(device)
         configure_threads(dev)
-        model = GazeXModel.load(directory, device=dev)
-        logger.info("loaded checkpoint %s on %s", directory.name, dev)
-        return cls(model, directory, dev)
+        model = GazeXModel.load(directory, device=dev, base=base)
+        predictor = cls(model, directory, dev, bf16=bf16, max_batch=max_batch)
+        logger.info("loaded checkpoint %s on %s (%s)", directory.name, dev, predictor.dtype)
+        return predictor
+
+    def gpu_memory(self) -> tuple[int, int, int] | None:
+        """(allocated, reserved, peak allocated) CUDA bytes of this process on the model's
+        device; None on CPU."""
+        if self.device.type != "cuda":
+            return None
+        return (
+            int(torch.cuda.memory_allocated(self.device)),
+            int(torch.cuda.memory_reserved(self.device)),
+            int(torch.cuda.max_memory_allocated(self.device)),
+        )
+
+    def gpu_utilization(self) -> float | None:
+        """Fraction of the driver's last sample period the model's GPU was busy; None on
+        CPU or without nvidia-ml-py (``torch.cuda.utilization`` needs its ``pynvml``)."""
+        if self.device.type != "cuda" or not nvml_available():
+            return None
+        return float(torch.cuda.utilization(self.device)) / 100.0
 
     @overload
     def predict(self, datasets: Dataset, questions: Sequence[str] = ()) -> InferenceResult: ...
@@ -224,8 +281,7 @@ def build_result(
     grid = raw.grid
     trajectory: list[Fixation] = []
     clock = 0.0
-    for j, index in enumerate(raw.patch_indices):
-        x, y = grid.patch_centre(index)
+    for j, (index, (x, y)) in enumerate(zip(raw.patch_indices, raw.fixation_points(), strict=True)):
         region = (
             settings.regions[raw.regions[j]] if 0 <= raw.regions[j] < len(settings.regions) else ""
         )
@@ -258,8 +314,15 @@ def build_result(
         for i, key in enumerate(settings.finding_keys)
     }
     visited = visited_steps([fx.step for fx in trajectory], [fx.region for fx in trajectory])
+    # Imported here: the module's imports belong to another change in progress.
+    from model.anatomy_prior import box_regions
+    from model.consistency import locate_text, located_answer
+
+    located = box_regions(settings, grid, raw.boxes, decisions)
     if consistent:
         sections, impression = agree_report(sections, impression, decisions, visited)
+        sections = {step: locate_text(text, located) for step, text in sections.items()}
+        impression = locate_text(impression, located)
     findings: list[Finding] = []
     for i, key in enumerate(settings.finding_keys):
         ftype = FINDINGS_BY_KEY[key]
@@ -292,7 +355,7 @@ def build_result(
                 box=box,
                 mask=mask,
                 fixation_indices=support,
-                region=_support_region(trajectory, support, box),
+                region=located.get(key) or _support_region(trajectory, support, box),
             )
         )
     report = Report(
@@ -302,7 +365,13 @@ def build_result(
     coverage = tuple((s, s in visited) for s in STEPS)
     attention = _attention(raw)
     answers = tuple(
-        Answer(question=q, answer=(decided_answer(q, decisions) if consistent else None) or a)
+        Answer(
+            question=q,
+            answer=(
+                decided_answer(q, decisions) or located_answer(q, located) if consistent else None
+            )
+            or a,
+        )
         for q, a in zip(questions, raw.answers, strict=False)
     )
     return InferenceResult(

@@ -3,13 +3,16 @@
 Built once per process (after any fork: ``WorkerContext.bind`` then ``current``) and passed
 to the stage functions. The model is loaded lazily on first use, through the backend that
 ``model.backend`` names in the ``gazex.model_backends`` entry-point group, on the best
-device, and warmed up once.
+device (``model.device``; default CUDA when present), behind a
+:class:`~workers.batching.BatchingPredictor` (batches on CUDA, straight through on CPU), and
+warmed up once. On CUDA the context also exports the GPU's memory and utilisation.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -22,14 +25,16 @@ from sqlalchemy.orm import Session, sessionmaker
 from dicom_node import db
 from dicom_node.audit import AuditLog
 from dicom_node.errors import ConfigError, ModelUnavailable
-from dicom_node.metrics import Metrics
+from dicom_node.metrics import GPUCollector, GPUReading, Metrics
 from dicom_node.outbox import Outbox
 from dicom_node.peers import PeerDirectory
 from dicom_node.settings import Settings
 from dicom_node.spool import Spool
+from workers.batching import BatchingPredictor, BatchModel, BatchPolicy, batch_policy
 from workers.builder import ObjectBuilder
 
 if TYPE_CHECKING:
+    from model.predictor import Predictor as ShippedPredictor
     from model.result import InferenceResult
 
 logger = logging.getLogger(__name__)
@@ -52,11 +57,13 @@ class Predictor(Protocol):
 
 
 class Backend(Protocol):
-    """An entry point of ``gazex.model_backends``: a class that loads a checkpoint."""
+    """An entry point of ``gazex.model_backends``: a class that loads a checkpoint. Its
+    ``predict`` takes one dataset (-> a result) or several (-> a list, same order), so that
+    the analysis worker can batch (``workers.batching``)."""
 
     def from_checkpoint(
-        self, path: str | Path | None = None, device: str | None = None
-    ) -> Predictor: ...
+        self, path: str | Path | None = None, device: str | None = None, **options: Path
+    ) -> BatchModel: ...
 
 
 def load_backend(name: str) -> Backend:
@@ -80,7 +87,7 @@ class WorkerContext:
     metrics: Metrics
     audit: AuditLog
     builder: ObjectBuilder = field(default_factory=ObjectBuilder)
-    _predictor: Predictor | None = None
+    _predictor: BatchingPredictor | None = None
     #: why the model could not be loaded, for /readyz
     model_error: str | None = None
     _model_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -123,11 +130,13 @@ class WorkerContext:
                 self.model_error = None
             return self._predictor
 
-    def _load_model(self) -> Predictor:
+    def _load_model(self) -> BatchingPredictor:
         model = self.settings.model
         try:
             backend = load_backend(model.backend)
-            predictor = backend.from_checkpoint(model.checkpoint, device=model.device)
+            # ``base`` only when set: a backend of its own need not know LoRA checkpoints.
+            options = {"base": model.base_model} if model.base_model is not None else {}
+            predictor = backend.from_checkpoint(model.checkpoint, device=model.device, **options)
         except ModuleNotFoundError as exc:
             unavailable = ModelUnavailable.missing_extra(exc)
             if unavailable is None:
@@ -138,11 +147,42 @@ class WorkerContext:
         except (OSError, ValueError) as exc:
             where = model.checkpoint or "the shipped checkpoint"
             raise ModelUnavailable(f"model.checkpoint: cannot load {where}: {exc}") from exc
-        _warm_up(predictor, self.builder)
+        batcher = BatchingPredictor(predictor, self._batch_policy(predictor), self.metrics)
+        _warm_up(batcher, self.builder)
         self.metrics.set_model_version(predictor.info.version)
-        return predictor
+        return batcher
+
+    def _batch_policy(self, predictor: BatchModel) -> BatchPolicy:
+        """The batching the settings ask for on the device the model landed on; the
+        shipped predictor also batches that many films per forward pass, logs its dtype and
+        has its GPU's memory and utilisation exported."""
+        from model.predictor import Predictor as ShippedPredictor
+
+        if not isinstance(predictor, ShippedPredictor):
+            policy = batch_policy(self.settings)
+            logger.info("model batching: %s", policy)
+            return policy
+        cuda = predictor.device.type == "cuda"
+        policy = batch_policy(self.settings, cuda=cuda)
+        predictor.engine.max_batch = max(predictor.engine.max_batch, policy.max_batch)
+        logger.info(
+            "model on %s (%s): at most %d film(s) per call, window %g ms",
+            predictor.device,
+            predictor.dtype,
+            policy.max_batch,
+            policy.window_ms,
+        )
+        if cuda:
+            self.metrics.add_collector(GPUCollector(str(predictor.device), _gpu_reader(predictor)))
+            if predictor.gpu_utilization() is None:
+                logger.warning(
+                    "gazex_gpu_utilization_ratio not exported: install nvidia-ml-py (pynvml)"
+                )
+        return policy
 
     def close(self) -> None:
+        if self._predictor is not None:
+            self._predictor.close()
         self.builder.close()
         self.engine.dispose()
 
@@ -169,6 +209,17 @@ class WorkerContext:
 _settings: Settings | None = None
 _current: WorkerContext | None = None
 _current_lock = threading.Lock()
+
+
+def _gpu_reader(predictor: ShippedPredictor) -> Callable[[], GPUReading | None]:
+    def read() -> GPUReading | None:
+        memory = predictor.gpu_memory()
+        if memory is None:
+            return None
+        allocated, reserved, peak = memory
+        return GPUReading(allocated, reserved, peak, predictor.gpu_utilization())
+
+    return read
 
 
 def _warm_up(predictor: Predictor, builder: ObjectBuilder) -> None:

@@ -19,6 +19,7 @@ from model.train.progress import add_progress_argument
 
 if TYPE_CHECKING:
     from model.architecture import GazeXSettings
+    from model.finetune import LoraOptions
     from model.train.gazedata.sample import GazeSample
     from model.train.loop import TrainConfig
 
@@ -40,15 +41,47 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Train on a dataset folder; writes a resumable checkpoint to --out "
         "(re-running the same command resumes).",
     )
-    train.add_argument(
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument(
         "--data",
-        required=True,
         type=Path,
         action="append",
         metavar="DIR",
-        help="dataset folder; repeat to train on several (e.g. a REFLACX and an EGD layout)",
+        help="dataset folder, read into memory; repeat to train on several (e.g. a REFLACX "
+        "and an EGD layout)",
+    )
+    source.add_argument(
+        "--shards",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="shard folder written by `gazex data shard`, streamed epoch by epoch (never "
+        "held in memory); repeat to mix several; needs --calibration-data",
     )
     train.add_argument("--format", choices=FORMATS, default="synthetic")
+    train.add_argument(
+        "--calibration-data",
+        type=Path,
+        action="append",
+        metavar="DIR",
+        help="with --shards: readings held out of the shards that set the finding thresholds "
+        "and the probability calibration (a dataset folder in --format, or a shard folder)",
+    )
+    train.add_argument(
+        "--probe-readings",
+        type=int,
+        default=512,
+        metavar="N",
+        help="with --shards: the first N readings build the tokenizer, the gaze label weights "
+        "and the domain gate (default 512; held in memory at the model's input size)",
+    )
+    train.add_argument(
+        "--loader-workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --shards: data-loader worker processes per training process (default 2)",
+    )
     train.add_argument("--out", required=True, type=Path, metavar="DIR")
     train.add_argument("--backbone", type=Path, metavar="DIR", help="local Qwen2.5-VL folder")
     train.add_argument("--epochs", type=int, default=9, help="multitask epochs (default 9)")
@@ -65,6 +98,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     train.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when present)")
     add_progress_argument(train)
+    add_distributed_arguments(train)
+    add_finetune_arguments(train)
     train.set_defaults(func=run_train)
 
     ev = subparsers.add_parser(
@@ -143,6 +178,78 @@ def _add_calibration_arguments(parser: argparse.ArgumentParser) -> None:
     add_progress_argument(parser)
 
 
+def add_distributed_arguments(parser: argparse.ArgumentParser) -> None:
+    """How ``gazex train`` runs under ``torchrun`` (:mod:`model.train.distributed`)."""
+    parser.add_argument(
+        "--strategy",
+        choices=("ddp", "fsdp"),
+        default="ddp",
+        help="under torchrun: ddp replicates the model on every process, fsdp shards it "
+        "(for a backbone that does not fit one GPU; needs more than one process). "
+        "--batch-size is the global batch, split evenly over the processes",
+    )
+    parser.add_argument(
+        "--stop-after-epoch",
+        type=int,
+        metavar="N",
+        help="stop once epoch N (counted over both stages) is written, as if interrupted; "
+        "the same command without it resumes (to fit a run into time-limited jobs)",
+    )
+
+
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """LoRA / QLoRA of a ``--backbone`` (:mod:`model.finetune`)."""
+    parser.add_argument(
+        "--lora-rank",
+        type=int,
+        metavar="R",
+        help="adapt the --backbone with rank-R LoRA adapters and freeze its weights",
+    )
+    parser.add_argument("--lora-alpha", type=int, help="LoRA scaling alpha (default 32)")
+    parser.add_argument("--lora-dropout", type=float, help="LoRA dropout (default 0.05)")
+    parser.add_argument(
+        "--qlora", action="store_true", help="load the frozen base in 4-bit NF4 (CUDA only)"
+    )
+    parser.add_argument(
+        "--no-gradient-checkpointing",
+        dest="gradient_checkpointing",
+        action="store_false",
+        help="keep the backbone's activations instead of recomputing them (LoRA)",
+    )
+
+
+def lora_options(args: argparse.Namespace) -> LoraOptions | None:
+    """``gazex train``'s LoRA options, None without ``--lora-rank``; ValueError naming the
+    option at fault."""
+    extras = {
+        "--lora-alpha": args.lora_alpha is not None,
+        "--lora-dropout": args.lora_dropout is not None,
+        "--qlora": args.qlora,
+        "--no-gradient-checkpointing": not args.gradient_checkpointing,
+    }
+    if args.lora_rank is None:
+        given = [flag for flag, on in extras.items() if on]
+        if given:
+            raise ValueError(f"{given[0]} configures LoRA: give --lora-rank R too")
+        return None
+    if args.lora_rank < 1:
+        raise ValueError(f"--lora-rank {args.lora_rank}: the rank must be at least 1")
+    if args.backbone is None:
+        raise ValueError("--lora-rank adapts a pretrained backbone: give --backbone DIR too")
+    from model.finetune import LoraOptions
+
+    chosen: dict[str, Any] = {"rank": args.lora_rank}
+    if args.lora_alpha is not None:
+        chosen["alpha"] = args.lora_alpha
+    if args.lora_dropout is not None:
+        chosen["dropout"] = args.lora_dropout
+    return LoraOptions(
+        **chosen,
+        quantize_4bit=args.qlora,
+        gradient_checkpointing=args.gradient_checkpointing,
+    )
+
+
 def add_recipe_arguments(parser: argparse.ArgumentParser, for_ablation: bool = False) -> None:
     """Options of how a model is built and trained, shared by ``gazex train`` and the
     ablation models of ``gazex eval --ablation``; the defaults are the shipped recipe
@@ -210,13 +317,23 @@ def recipe(args: argparse.Namespace, **fixed: Any) -> tuple[GazeXSettings, Train
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """``gazex train``, alone or as one of the processes ``torchrun`` started."""
     from model.train.datasets import load_split
+    from model.train.distributed import check_batch_size, from_environment, process_group
     from model.train.loop import train
 
-    samples = load_split(
-        args.data, args.format, "train", args.max_samples, exclude_readers=args.exclude_reader
-    )
-    train_samples, val_samples = split_validation(samples)
+    finetune = lora_options(args)
+    launched = from_environment()
+    check_batch_size(args.batch_size, launched[0] if launched is not None else 1)
+    if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
+        raise ValueError(f"--stop-after-epoch {args.stop_after_epoch}: give an epoch >= 1")
+    if args.shards:
+        train_samples, val_samples = _streamed_probe(args)
+    else:
+        samples = load_split(
+            args.data, args.format, "train", args.max_samples, exclude_readers=args.exclude_reader
+        )
+        train_samples, val_samples = split_validation(samples)
     settings, config = recipe(
         args,
         gaze_mode=args.gaze_mode,
@@ -228,20 +345,84 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr,
         progress=args.progress,
     )
-    logger.info(
-        "training on %d samples (%d held out for thresholds)", len(train_samples), len(val_samples)
-    )
-    train(
-        train_samples,
-        args.out,
-        settings,
-        config,
-        val_samples=val_samples,
-        backbone=args.backbone,
-        device=args.device,
-    )
-    print(f"checkpoint written to {args.out}")
+    with process_group(args.device, args.strategy) as (dist, device):
+        root = logging.getLogger()
+        if not dist.is_main and not root.isEnabledFor(logging.DEBUG):
+            root.setLevel(logging.WARNING)  # one log: rank 0's (all ranks' with -v)
+        stream = None
+        if args.shards:
+            from model.train.shards import ShardedSamples
+
+            stream = ShardedSamples(
+                args.shards,
+                seed=args.seed,
+                rank=dist.rank,
+                world=dist.world_size,
+                workers=args.loader_workers,
+            )
+            logger.info(
+                "training on %d readings streamed from %d shard(s), %d per process each "
+                "epoch (%d held out for thresholds)",
+                len(stream),
+                len(stream.shards),
+                stream.per_rank,
+                len(val_samples),
+            )
+        else:
+            logger.info(
+                "training on %d samples (%d held out for thresholds)",
+                len(train_samples),
+                len(val_samples),
+            )
+        train(
+            train_samples,
+            args.out,
+            settings,
+            config,
+            val_samples=val_samples,
+            backbone=args.backbone,
+            device=device,
+            distributed=dist,
+            finetune=finetune,
+            stop_after_epoch=args.stop_after_epoch,
+            stream=stream,
+        )
+    if dist.is_main:
+        print(f"checkpoint written to {args.out}")
     return 0
+
+
+def _streamed_probe(args: argparse.Namespace) -> tuple[list[GazeSample], list[GazeSample]]:
+    """``--shards``: the probe (the first ``--probe-readings`` readings in shard order) and
+    the threshold readings (``--calibration-data``), the only readings held in memory."""
+    from itertools import islice
+
+    from model.train.datasets import load_split
+    from model.train.shards import MANIFEST_NAME, ShardedSamples
+
+    if args.max_samples is not None or args.exclude_reader:
+        raise ValueError(
+            "--max-samples and --exclude-reader select readings of --data; with --shards, "
+            "choose the readings when sharding (gazex data shard)"
+        )
+    if not args.calibration_data:
+        raise ValueError(
+            "--shards needs --calibration-data DIR: readings held out of the shards that set "
+            "the finding thresholds and the probability calibration"
+        )
+    if args.probe_readings < 1:
+        raise ValueError(f"--probe-readings {args.probe_readings}: give at least 1")
+    if args.loader_workers < 0:
+        raise ValueError(f"--loader-workers {args.loader_workers}: give 0 or more")
+    everything = ShardedSamples(args.shards, seed=args.seed, workers=0, shuffle=False)
+    probe = list(islice(everything.ordered(), args.probe_readings))
+    held: list[GazeSample] = []
+    for folder in args.calibration_data:
+        if (folder / MANIFEST_NAME).is_file():
+            held.extend(ShardedSamples(folder, seed=args.seed, workers=0).ordered())
+        else:
+            held.extend(load_split([folder], args.format, "calibration"))
+    return probe, held
 
 
 def split_validation(

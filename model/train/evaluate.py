@@ -76,6 +76,7 @@ TABLE_ROWS: tuple[tuple[str, str, str], ...] = (
     ("order_kendall_tau", "Order agreement (Kendall tau)", "{:.3f}"),
     ("order_films", "Films with a defined order", "{:.0f}"),
     ("step_label_matches_anatomy", "Step label = anatomy step", "{:.1%}"),
+    ("region_label_matches_anatomy", "Region label = anatomy region", "{:.1%}"),
     ("region_edit_distance", "Region-sequence edit distance (norm.)", "{:.3f}"),
     ("multimatch_vector", "MultiMatch vector", "{:.3f}"),
     ("multimatch_direction", "MultiMatch direction", "{:.3f}"),
@@ -122,14 +123,20 @@ def run_model(
 def looked_at_steps(sample: GazeSample, output: RawOutput) -> list[Step | None]:
     """The ABCDEF step of where each predicted fixation landed, from the film's anatomy.
 
-    Each fixation's token centre (source pixels) is placed in the ground-truth anatomical
+    Each fixation's point (source pixels: its token centre, or where the anatomy prior put
+    it within the token, :meth:`RawOutput.fixation_points`) is placed in the ground-truth anatomical
     boxes by the rule that labels the readers' fixations (:func:`locate_points`); None where
     it lands in no region or the film has no anatomy. Order agreement uses these steps, not
     the model's step head, so it is defined for every gaze variant (the ablation's model
     trained on shuffled gaze gave all its fixations one step label).
     """
-    points = [output.grid.patch_centre(p) for p in output.patch_indices]
-    return [step for _, step in locate_points(sample, points)]
+    return [step for _, step in locate_points(sample, output.fixation_points())]
+
+
+def looked_at_regions(sample: GazeSample, output: RawOutput) -> list[str | None]:
+    """The anatomical region (ground truth) where each predicted fixation's point lies, by
+    the same rule as :func:`looked_at_steps` (smallest containing box; None in none)."""
+    return [region for region, _ in locate_points(sample, output.fixation_points())]
 
 
 def generator_masks(sample: GazeSample) -> Mapping[str, npt.NDArray[np.bool_]] | None:
@@ -274,6 +281,7 @@ def compute_metrics(
     coverage_fraction: list[float] = []
     taus: list[float] = []
     step_labels: list[float] = []
+    region_labels: list[float] = []
     edits: list[float] = []
     mm_scores: list[tuple[float, ...]] = []
     for s, o in zip(samples, outputs, strict=True):
@@ -289,6 +297,11 @@ def compute_metrics(
             float(0 <= head < len(STEPS) and STEPS[head] is step)
             for head, step in zip(o.steps, looked, strict=True)
             if step is not None
+        )
+        region_labels.extend(
+            float(0 <= label < len(settings.regions) and settings.regions[label] == region)
+            for label, region in zip(o.regions, looked_at_regions(s, o), strict=True)
+            if region is not None
         )
         reader = key_fixations(
             s.fixations, o.grid, settings.num_gaze_tokens or 12, settings.regions
@@ -338,6 +351,7 @@ def compute_metrics(
         "order_kendall_tau": _nanmean(taus),
         "order_films": sum(not math.isnan(t) for t in taus),
         "step_label_matches_anatomy": _nanmean(step_labels),
+        "region_label_matches_anatomy": _nanmean(region_labels),
         "region_edit_distance": _nanmean(edits),
         "multimatch_vector": float(np.nanmean(mm[:, 0])),
         "multimatch_direction": float(np.nanmean(mm[:, 1])),

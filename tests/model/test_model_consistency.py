@@ -15,6 +15,10 @@ from model.consistency import (
     agree_report,
     claims,
     decided_answer,
+    locate_sentence,
+    locate_text,
+    located_answer,
+    named_location,
 )
 from model.findings import FINDING_KEYS
 from model.geometry import PatchGrid
@@ -172,7 +176,10 @@ def test_the_result_tells_one_story_when_the_model_text_contradicts_the_head(
     assert result.report.text(Step.AIRWAYS) == "Cardiomegaly present. The trachea is midline."
     for step in result.skipped_steps:
         assert result.report.text(step).startswith(NOT_INSPECTED)
-    assert result.report.text(Step.BREATHING) == f"{NOT_INSPECTED} Mass present."
+    # The checkpoint's anatomy prior names where the mass's box lies.
+    [mass] = [f for f in result.findings if f.key == "mass"]
+    where = f" in the {mass.region}" if mass.region else ""
+    assert result.report.text(Step.BREATHING) == f"{NOT_INSPECTED} Mass present{where}."
     texts = [s.text for s in result.report.sections]
     texts += [result.report.impression, *(f.sentence for f in result.findings)]
     for text in texts:
@@ -185,3 +192,102 @@ def test_the_result_tells_one_story_when_the_model_text_contradicts_the_head(
     )
     assert raw_result.report.text(Step.CIRCULATION) == "Heart size is normal."
     assert [a.answer for a in raw_result.answers] == ["no", "yes"]
+
+
+def test_location_words_follow_the_region_of_the_box() -> None:
+    """A zone phrase becomes the box's zone, a side word the box's side (case kept); a
+    bilateral sentence and other findings' sentences are left alone."""
+    nodule = "A 12 mm nodule in the left upper lung zone."
+    assert (
+        locate_sentence(nodule, "nodule", "right lower lung zone")
+        == "A 12 mm nodule in the right lower lung zone."
+    )
+    effusion = "Small left pleural effusion blunting the costophrenic angle."
+    assert locate_sentence(effusion, "pleural_effusion", "right costophrenic angle") == (
+        "Small right pleural effusion blunting the costophrenic angle."
+    )
+    assert locate_sentence("Left apical pneumothorax.", "pneumothorax", "right apical zone") == (
+        "Right apical pneumothorax."
+    )
+    both = "Small bilateral pleural effusions blunting the costophrenic angles."
+    assert locate_sentence(both, "pleural_effusion", "right costophrenic angle") == both
+    text = f"{nodule} No pneumothorax. Consolidation in the left mid lung zone."
+    assert locate_text(text, {"nodule": "right lower lung zone"}) == (
+        "A 12 mm nodule in the right lower lung zone. No pneumothorax. "
+        "Consolidation in the left mid lung zone."
+    )
+    assert locate_text("Nodule present. No mass.", {"nodule": "right lower lung zone"}) == (
+        "Nodule present in the right lower lung zone. No mass."
+    )
+    assert named_location(nodule, "nodule") == "left upper lung zone"
+    assert named_location(effusion, "pleural_effusion") == "left"
+    assert named_location(both, "pleural_effusion") is None
+
+
+def test_where_and_which_side_are_answered_by_the_box() -> None:
+    """ "Where is the nodule?" names the region of its box, "Which side" its side; a finding
+    without a located box, or a tip question, is left to the model."""
+    regions = {"nodule": "right lower lung zone"}
+    assert located_answer("Where is the nodule?", regions) == "right lower lung zone"
+    assert located_answer("Which side is the nodule on?", regions) == "right"
+    assert located_answer("Where is the mass?", regions) is None
+    assert located_answer("Where is the tip of the nodule?", regions) is None
+
+
+def test_the_report_names_where_the_nodule_box_lies(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Issue 16's synthetic DX seed 100003: "A 12 mm nodule in the left upper lung zone"
+    beside a box in the patient's right lower zone. With an anatomy prior the sentence, the
+    finding's region and the answers name the box's zone; without, the finding's region is
+    the fixations' as before."""
+    import shutil
+
+    from model.anatomy_prior import AnatomyPrior
+    from model.architecture import SETTINGS_FILE, GazeXSettings
+    from model.train.anatomy_prior import fit_anatomy_prior, write_anatomy_prior
+    from model.train.gazedata.synth import generate_sample
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    settings = GazeXSettings.from_json((ckpt / SETTINGS_FILE).read_text())
+    films = [generate_sample(seed, height=256, width=256) for seed in range(30)]
+    fitted = fit_anatomy_prior(films, settings)
+    write_anatomy_prior(ckpt, fitted)
+    prior = AnatomyPrior.from_json(fitted)
+    zone = prior.regions.index("right lower lung zone")
+    row, col = np.unravel_index(int(prior.atlas[:, :, zone].argmax()), prior.atlas.shape[:2])
+    centre = ((col + 0.5) / prior.size, (row + 0.5) / prior.size)
+
+    predictor = Predictor.from_checkpoint(ckpt, device="cpu")
+    report = "Breathing: A 12 mm nodule in the left upper lung zone.\nImpression: Lung nodule."
+    questions = ["Where is the nodule?", "Which side is the nodule on?"]
+    raw = _raw(predictor, report, ["left upper lung zone", "left"], {"nodule"})
+    keys = predictor.model.settings.finding_keys
+    raw.grid = PatchGrid(256, 256, 8, 8)
+    raw.steps = [STEPS.index(Step.BREATHING)] * len(raw.steps)  # step B inspected
+    raw.gaze_probs = np.full((len(raw.patch_indices), 64), 1 / 64, dtype=np.float32)
+    raw.mask_probs = np.full((len(keys), 64), 0.9, dtype=np.float32)
+    raw.boxes[keys.index("nodule")] = (*centre, 0.04, 0.04)
+    source = source_image(Dataset(), 256, 256)
+    result = predictor.to_result(raw, source, questions)
+    nodule = next(f for f in result.findings if f.key == "nodule")
+    assert nodule.region == "right lower lung zone"
+    assert nodule.sentence == "A 12 mm nodule in the right lower lung zone."
+    assert "left upper" not in result.report.text(Step.BREATHING)
+    assert [a.answer for a in result.answers] == ["right lower lung zone", "right"]
+    raw_result = build_result(
+        raw, source, predictor.model, predictor.info, questions, consistent=False
+    )
+    assert raw_result.report.text(Step.BREATHING).endswith("left upper lung zone.")
+
+
+def test_an_inspected_step_f_without_devices_reports_no_foreign_material() -> None:
+    """Step F inspected on a film without devices is still reported: "No foreign material
+    seen." when its text says nothing about lines and tubes; "No lines or tubes." is kept."""
+    present = _decisions()
+    out, _ = agree_report({Step.FOREIGN_MATERIAL: ""}, "", present, STEPS)
+    assert out[Step.FOREIGN_MATERIAL] == "No foreign material seen."
+    assert not claims(out[Step.FOREIGN_MATERIAL]).contradictions(present)
+    kept, _ = agree_report({Step.FOREIGN_MATERIAL: "No lines or tubes."}, "", present, STEPS)
+    assert kept[Step.FOREIGN_MATERIAL] == "No lines or tubes."
+    with_device, _ = agree_report({}, "", _decisions("pacemaker"), STEPS)
+    assert with_device[Step.FOREIGN_MATERIAL] == "Cardiac pacemaker present."

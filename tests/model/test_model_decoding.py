@@ -67,3 +67,27 @@ def test_kv_decoder_matches_the_hugging_face_decoder_with_masked_tokens() -> Non
     rotary = model.vlm.model.language_model.rotary_emb
     ref_cos, ref_sin = rotary(embeds(6), three_d)
     assert torch.equal(cos, ref_cos) and torch.equal(sin, ref_sin)
+
+
+def test_constrained_pointer_takes_the_best_unvisited_token_of_its_step() -> None:
+    """The pointer's logits are masked to the step's tokens not yet fixated; when a row has
+    fixated them all it may return to one other than the previous fixation; a step with no
+    token in the plan only excludes the previous fixation."""
+    import numpy as np
+
+    from model.anatomy_prior import TokenPlan
+    from model.inference import _constrain
+
+    allowed = np.zeros((6, 4), dtype=bool)
+    allowed[0, [1, 2]] = True
+    plan = TokenPlan(
+        allowed, np.zeros((6, 4, 2), dtype=np.float32), np.zeros((6, 4), dtype=np.int64)
+    )
+    logits = torch.tensor([[9.0, 1.0, 2.0, 8.0], [9.0, 1.0, 2.0, 8.0]])
+    visited = torch.tensor([[False, False, True, False], [False, True, True, False]])
+    previous = torch.tensor([2, 2])
+    out = _constrain(logits.clone(), plan, 0, visited, previous)
+    assert out.argmax(dim=-1).tolist() == [1, 1]  # row 0: 2 visited; row 1: back to 1, not 2
+    assert torch.isinf(out[:, [0, 3]]).all()
+    free = _constrain(logits.clone(), plan, 1, visited, previous)
+    assert free.argmax(dim=-1).tolist() == [0, 0] and torch.isinf(free[:, 2]).all()

@@ -23,8 +23,13 @@ SYNTH_FORMATS = ("reflacx", "egd", "mimic-eye")
 IMAGE_FORMATS = ("dcm", "png", "jpg")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add these subcommands to the ``gazex`` parser."""
+def register(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """Add these subcommands to the ``gazex`` parser; return the ``data`` subcommands, to
+    which :func:`model.train.shards.register_data_command` adds ``shard`` (registered from
+    :mod:`model.cli`: this package must not import ``model.train.shards`` or
+    ``model.train.datasets``, which import it)."""
     data = subparsers.add_parser(
         "data",
         help="synthetic gaze datasets and dataset inspection",
@@ -75,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     inspect.add_argument("--images-root", type=Path, metavar="DIR", help="MIMIC-CXR images")
     inspect.add_argument("--limit", type=int, default=None, help="stop after N samples")
     inspect.set_defaults(func=run_inspect)
+    return sub
 
 
 # ----------------------------------------------------------------------------- synth
