@@ -23,7 +23,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default="gpu,io",
         help="comma-separated queues: gpu (analysis), io (HL7); default both",
     )
-    worker.add_argument("--concurrency", type=int, help="default: 1 for gpu, 4 for io")
+    worker.add_argument(
+        "--concurrency",
+        type=int,
+        help="gpu: 1 process, or 2 x worker.max_batch threads when batching (the CUDA "
+        "default); io: 4 threads",
+    )
     worker.set_defaults(func=cmd_worker)
     hl7_cli.register(subparsers)
 
