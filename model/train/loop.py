@@ -213,7 +213,7 @@ def local_batches(
     of ``batch_size`` and builds every example of each (building draws from ``rng`` too,
     so all ranks must, to stay in step), then keeps its own :func:`local_slice`. A last
     global batch smaller than the world is dropped (:func:`global_steps`). A streamed
-    source would replace this generator: one global batch per step, sliced the same way.
+    run (``--shards``) uses :func:`streamed_batches` instead.
     """
     order = list(range(len(prepared)))
     if shuffle:

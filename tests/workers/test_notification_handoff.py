@@ -85,6 +85,15 @@ def test_without_hl7_nothing_is_handed_on(tmp_path: Path) -> None:
         None, home=tmp_path / "home", node__port=free_port(), database__url=url
     )
     ctx = WorkerContext.build(settings)
-    analysed_study(ctx.sessions, ctx.spool, state=StudyState.DONE)
-    outcome = analysis.analyze_study(ctx, _ids(ctx)[0])
+    analysed = analysed_study(ctx.sessions, ctx.spool, state=StudyState.DONE)
+    study_id, analysis_id = _ids(ctx)
+    with ctx.sessions.begin() as session:  # left pending by a node that had HL7 configured
+        session.add(
+            Notification(
+                analysis_id=analysis_id,
+                control_id=control_id(analysed.result, 1),
+                state=NotificationState.PENDING,
+            )
+        )
+    outcome = analysis.analyze_study(ctx, study_id)
     assert (outcome.analysis_id, outcome.notify) == (None, False)
