@@ -122,6 +122,11 @@ class PatchGrid:
         y1 = min(max(cy * self.Rows + h_px / 2.0, y0 + min_h), float(self.Rows))
         return (float(x0), float(y0), float(x1), float(y1))
 
+    def subdivided(self, cells: int) -> PatchGrid:
+        """The same image with each token split into ``cells`` x ``cells`` cells (the mask
+        decoder's grid)."""
+        return PatchGrid(self.Rows, self.Columns, self.grid_h * cells, self.grid_w * cells)
+
     def coverage_map(self, mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.float32]:
         """Fraction of each token's source pixels that are set in a source-size ``mask``."""
         if mask.shape != (self.Rows, self.Columns):

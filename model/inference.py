@@ -54,6 +54,16 @@ class RawOutput:
     #: anatomy prior placed it within its token (:mod:`model.anatomy_prior`); empty: the
     #: token centres.
     points: list[tuple[float, float]] = field(default_factory=list)
+    #: The mask decoder's probabilities (F, M) on :attr:`mask_grid`, when the model has
+    #: one (``GazeXSettings.mask_decoder``); else the token masks are the finest there are.
+    cell_mask_probs: npt.NDArray[np.float32] | None = None
+    mask_grid: PatchGrid | None = None
+
+    def finest_masks(self) -> tuple[PatchGrid, npt.NDArray[np.float32]]:
+        """The finest mask probabilities the model gave, (F, M), and the grid they are on."""
+        if self.cell_mask_probs is not None and self.mask_grid is not None:
+            return self.mask_grid, self.cell_mask_probs
+        return self.grid, self.mask_probs
 
     def fixation_points(self) -> list[tuple[float, float]]:
         """SCOORD (x, y) of each fixation: its point, else its token's centre."""
@@ -257,7 +267,7 @@ class InferenceEngine:
                     self._autocast(),
                     cpu_threads(self.device, self.threads),
                 ):
-                    _, _, h_img = self._prefix([prepared[i] for i in chunk], 0)
+                    _, _, h_img, _ = self._prefix([prepared[i] for i in chunk], 0)
                     pooled = pooled_image_tokens(h_img).cpu().numpy()
                 for i, row in zip(chunk, pooled, strict=True):
                     rows[i] = row
@@ -272,16 +282,17 @@ class InferenceEngine:
 
     def _prefix(
         self, images: Sequence[ImageInput], extra: int
-    ) -> tuple[_Decoder, torch.Tensor, torch.Tensor]:
+    ) -> tuple[_Decoder, torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Run the image prefix of a group (same grid): (decoder state with room for
-        ``extra`` more tokens, padded visual tokens, image-token final hidden states)."""
+        ``extra`` more tokens, padded visual tokens, image-token final hidden states, the
+        convolutional branch's feature maps for the mask decoder)."""
         model = self.model
         dev = self.device
         b = len(images)
         n = images[0].grid.num_patches
         pixel_values = torch.from_numpy(patchify(images, model.settings.patch_spec)).to(dev)
         thw = torch.tensor([im.grid_thw for im in images], dtype=torch.long, device=dev)
-        feats = model.image_features(pixel_values, thw)
+        feats, maps = model.encode_images(pixel_values, thw)
         img_in, _ = pad_image_tokens(feats)
         ids = torch.tensor([prefix_ids(model.codec, n)] * b, dtype=torch.long, device=dev)
         embeds = model.embed_tokens(ids)
@@ -295,7 +306,7 @@ class InferenceEngine:
         state = _Decoder(weights, b, ids.shape[1] + extra, dev)
         hidden = state.run(embeds, positions)
         state.next_pos = positions.amax(dim=(0, 2)) + 1
-        return state, img_in, hidden[:, 1 : 1 + n]
+        return state, img_in, hidden[:, 1 : 1 + n], maps
 
     @torch.inference_mode()
     def _run_group(
@@ -312,7 +323,7 @@ class InferenceEngine:
             n_questions = max((len(q) for q in questions), default=0)
             extra = k + 3 + settings.max_report_tokens
             extra += n_questions * (32 + settings.max_answer_tokens) if generate_text else 0
-            state, img_in, h_img = self._prefix(images, extra)
+            state, img_in, h_img, maps = self._prefix(images, extra)
             pooled = pooled_image_tokens(h_img)
             img_mask = torch.ones(b, n, dtype=torch.bool, device=dev)
             rows = torch.arange(b, device=dev)
@@ -373,6 +384,7 @@ class InferenceEngine:
             finding_logits, mask_logits, boxes = model.finding_outputs(
                 h_end, h_img, img_mask, grid_hw
             )
+            cells = model.cell_masks(maps, h_end, h_img, mask_logits, grid_hw)
             reports = [""] * b
             answers: list[list[str]] = [[] for _ in range(b)]
             if generate_text:
@@ -392,6 +404,8 @@ class InferenceEngine:
                             answers[i].append(texts[i])
         probs = torch.sigmoid(finding_logits.float()).cpu().numpy()
         masks = torch.sigmoid(mask_logits.float()).cpu().numpy()
+        cell_masks = None if cells is None else torch.sigmoid(cells[0].float()).cpu().numpy()
+        c = settings.mask_cells
         box_np = boxes.float().cpu().numpy()
         pooled_np = pooled.cpu().numpy()
         outs = []
@@ -415,6 +429,8 @@ class InferenceEngine:
                     answers=answers[i],
                     image_features=pooled_np[i],
                     points=[(float(p[i, 0]), float(p[i, 1])) for p in points],
+                    cell_mask_probs=None if cell_masks is None else cell_masks[i],
+                    mask_grid=None if cell_masks is None else images[i].grid.subdivided(c),
                 )
             )
         return outs

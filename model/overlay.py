@@ -36,7 +36,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont
 
 from model.abcdef import STEPS, Step
-from model.result import InferenceResult
+from model.result import InferenceResult, finding_label
 
 RGB = tuple[int, int, int]
 Point = tuple[float, float]
@@ -312,7 +312,7 @@ def layout(
         rect: Rect = (b.x0 * scale, b.y0 * scale, b.x1 * scale, b.y1 * scale)
         colour = FINDING_COLOURS[colour_index % len(FINDING_COLOURS)]
         colour_index += 1
-        runs = [TextRun(f"{finding.code.meaning} {finding.probability:.3f}", colour)]
+        runs = [TextRun(finding_label(finding), colour)]
         p = sizes.pad / 2
         x0, y0, x1, y1 = rect
         tag = _place(

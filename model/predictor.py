@@ -57,12 +57,17 @@ from model.result import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
-#: Mask probability at or above which a source pixel of a present finding's box is in its mask.
-#: Chosen on the shipped checkpoint's 205 threshold readings (training films held out of the
-#: gradient updates): the best mean IoU against the generator's pixel masks of 0, 0.1, 0.2,
-#: 0.25, ..., 0.4 and 0.5 (0.376; 0.5 gave 0.301): the mask head learnt from boxes, so its
-#: probabilities are box coverage and 0.5 cuts the lesion's edge off (model card, "Masks").
+#: Token-mask probability at or above which a source pixel of a present finding's box is in
+#: its mask, for checkpoints without the mask decoder. Chosen on the 3 Dec checkpoint's 205
+#: threshold readings (training films held out of the gradient updates): the best mean IoU
+#: against the generator's pixel masks of 0, 0.1, 0.2, 0.25, ..., 0.4 and 0.5 (0.376; 0.5
+#: gave 0.301): token masks learn from boxes, so their probabilities are box coverage and
+#: 0.5 cuts the lesion's edge off.
 MASK_THRESHOLD = 0.25
+#: The same for the mask decoder's cell probabilities (``GazeXSettings.mask_decoder``),
+#: trained as each cell's share of the lesion: 0.5, the usual cut (0.3-0.5 within 0.011 of
+#: each other on the shipped checkpoint's threshold readings; model card, "Masks").
+CELL_MASK_THRESHOLD = 0.5
 #: Gap assumed before the first fixation when the timing head is absent (no-gaze models).
 _NOT_REPORTED = "Not described by the model."
 
@@ -334,7 +339,7 @@ def build_result(
         if present:
             x0, y0, x1, y1 = grid.denormalise_box(*(float(v) for v in raw.boxes[i]))
             box = Box(x0, y0, x1, y1)
-            mask = finding_mask(grid, raw.mask_probs[i], box)
+            mask = output_mask(raw, i, box)
             support = tuple(
                 j
                 for j, fx in enumerate(trajectory)
@@ -385,6 +390,14 @@ def build_result(
         answers=answers,
         domain=domain,
     )
+
+
+def output_mask(raw: RawOutput, i: int, box: Box) -> npt.NDArray[np.bool_] | None:
+    """Finding ``i``'s mask at source resolution from the finest masks the model gave (the
+    mask decoder's cells, else its tokens), within ``box``: :func:`finding_mask`."""
+    grid, probabilities = raw.finest_masks()
+    threshold = MASK_THRESHOLD if grid == raw.grid else CELL_MASK_THRESHOLD
+    return finding_mask(grid, probabilities[i], box, threshold)
 
 
 def finding_mask(

@@ -312,6 +312,23 @@ class InferenceResult:
         return cls.from_dict(data)
 
 
+def finding_label(finding: Finding) -> str:
+    """A finding's short label, its name and probability (:func:`percent`): "Nodule 87 %",
+    the same on the SR's boxes, in OHIF's measurement panel, in the GSPS and on the
+    overlay PNG."""
+    return f"{finding.code.meaning} {percent(finding.probability)}"
+
+
+def percent(probability: float) -> str:
+    """A probability in whole percent ("87 %"), but never "0 %" or "100 %" for one strictly
+    between 0 and 1, which a reader takes for certainty: one decimal there, kept within
+    0.1 % and 99.9 % ("99.6 %")."""
+    value = 100.0 * probability
+    if 0.0 < probability < 1.0 and not 0.5 <= value < 99.5:
+        return f"{min(max(value, 0.1), 99.9):.1f} %"
+    return f"{value:.0f} %"
+
+
 def mask_to_rle(mask: npt.NDArray[np.bool_]) -> list[int]:
     """Row-major run lengths, starting with a (possibly empty) run of zeros."""
     flat = np.asarray(mask, dtype=np.uint8).ravel()

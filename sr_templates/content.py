@@ -201,22 +201,6 @@ def measurement_source(
     )
 
 
-def finding_label(finding: Finding) -> str:
-    """A finding's short label, its name and probability (:func:`percent`): "Nodule 87 %",
-    the same on the SR's boxes, in OHIF's measurement panel and in the GSPS."""
-    return f"{finding.code.meaning} {percent(finding.probability)}"
-
-
-def percent(probability: float) -> str:
-    """A probability in whole percent ("87 %"), but never "0 %" or "100 %" for one strictly
-    between 0 and 1, which a reader takes for certainty: one decimal there, kept within
-    0.1 % and 99.9 % ("99.6 %")."""
-    value = 100.0 * probability
-    if 0.0 < probability < 1.0 and not 0.5 <= value < 99.5:
-        return f"{min(max(value, 0.1), 99.9):.1f} %"
-    return f"{value:.0f} %"
-
-
 def number(
     name: Code, value: float, unit: Code, finding_sites: list[hd.sr.FindingSite] | None = None
 ) -> hd.sr.Measurement:

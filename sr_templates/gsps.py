@@ -14,7 +14,7 @@ from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian
 
-from model.result import Box, InferenceResult
+from model.result import Box, InferenceResult, finding_label
 from sr_templates import content, uids
 from sr_templates._common import claimed_findings, copy_image_attributes, equipment, series
 from sr_templates._drawing import Canvas, arrowhead
@@ -63,7 +63,7 @@ def build_gsps(
     placed: list[Rect] = []
     image_level_y = 0.0
     for finding in shown:
-        label = content.finding_label(finding)
+        label = finding_label(finding)
         tracking = {
             "tracking_id": finding.code.meaning[:64],
             "tracking_uid": uids.tracking_uid(result, finding.key),

@@ -17,7 +17,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.sr.coding import Code
 
 from model.findings import FINDINGS_BY_KEY
-from model.result import Finding, InferenceResult, ModelInfo
+from model.result import Finding, InferenceResult, ModelInfo, finding_label
 from sr_templates import codes, content, uids
 
 MeasurementGroup = (
@@ -101,7 +101,7 @@ def finding_group(
     probability.ContentSequence = hd.sr.ContentSequence(
         [*probability.get("ContentSequence", []), content.measurement_source(*box, ds)]
     )
-    group[0].ContentSequence.append(content.text(codes.COMMENT, content.finding_label(finding)))
+    group[0].ContentSequence.append(content.text(codes.COMMENT, finding_label(finding)))
     if finding.sentence.strip():
         group[0].ContentSequence.append(content.text(codes.FINDING, finding.sentence))
     return group

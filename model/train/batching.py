@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -193,6 +193,10 @@ class Example:
     box_known: npt.NDArray[np.bool_]  # (F,)
     mask_cover: npt.NDArray[np.float32]  # (F, N)
     mask_known: npt.NDArray[np.bool_]  # (F,)
+    #: The mask decoder's targets, (F, N x cells^2) over the cell grid; (F, 0) without one.
+    cell_cover: npt.NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros((0, 0), dtype=np.float32)
+    )
 
 
 def build_example(
@@ -207,7 +211,10 @@ def build_example(
     rng: random.Random,
     max_vqa: int = 2,
     max_report_tokens: int = 192,
+    mask_cells: int = 1,
 ) -> Example:
+    """One reading as a training example. ``mask_cells`` > 1: the mask decoder's targets on
+    the cell grid too (:meth:`PatchGrid.subdivided`)."""
     grid = image.grid
     k = 0 if gaze_mode == "none" else num_gaze_tokens
     targets = apply_gaze_mode(
@@ -245,25 +252,19 @@ def build_example(
             continue
         boxes[i_box] = grid.normalise_box(box.x0, box.y0, box.x1, box.y1)
         box_known[i_box] = True
-    mask_cover = np.zeros((n_f, grid.num_patches), dtype=np.float32)
-    mask_known = np.zeros(n_f, dtype=bool)
-    if sample.masks is not None:
-        for key, mask in sample.masks.items():
-            i_mask = key_index.get(key)
-            if i_mask is not None and mask.shape == (grid.Rows, grid.Columns):
-                mask_cover[i_mask] = grid.coverage_map(mask).ravel()
-                mask_known[i_mask] = True
-    elif box_known.any():
-        # No pixel masks (the real datasets' case): the boxes are the (weak) mask targets.
-        for j in np.flatnonzero(box_known).tolist():
-            cx, cy, w, h = (float(v) for v in boxes[j])
-            mask_cover[j] = _box_cover(grid, cx, cy, w, h)
-            mask_known[j] = True
+    # The token masks are the finding queries' attention, which the finding head pools:
+    # they learn where the box is. The mask decoder's cells learn the lesion's own pixels.
+    mask_cover = mask_targets(None, grid, boxes, box_known)
+    cell_cover = np.zeros((n_f, 0), dtype=np.float32)
+    if mask_cells > 1:
+        cell_cover = mask_targets(
+            sample.masks, grid.subdivided(mask_cells), boxes, box_known, finding_keys
+        )
+    # Targets where the film has a box (devices have none: REFLACX draws no ellipses around
+    # them); on a film whose findings are boxed, one labelled absent has an empty mask.
+    mask_known = box_known.copy()
     if sample.masks is not None or box_known.any():
-        # A finding labelled absent has an empty mask.
-        for i in range(n_f):
-            if finding_known[i] and not finding_labels[i] and not mask_known[i]:
-                mask_known[i] = True
+        mask_known |= finding_known & (finding_labels == 0)
     return Example(
         image=image,
         input_ids=ids,
@@ -277,7 +278,29 @@ def build_example(
         box_known=box_known,
         mask_cover=mask_cover,
         mask_known=mask_known,
+        cell_cover=cell_cover,
     )
+
+
+def mask_targets(
+    masks: Mapping[str, npt.NDArray[np.bool_]] | None,
+    grid: PatchGrid,
+    boxes: npt.NDArray[np.float32],
+    box_known: npt.NDArray[np.bool_],
+    finding_keys: Sequence[str] = (),
+) -> npt.NDArray[np.float32]:
+    """(F, cells): each boxed finding's share of each cell of ``grid`` covered by its pixel
+    mask where ``masks`` has one (synthetic films), else by its box (the real datasets' weak
+    target); zero for the others."""
+    cover = np.zeros((len(boxes), grid.num_patches), dtype=np.float32)
+    for j in np.flatnonzero(box_known).tolist():
+        mask = None if masks is None else masks.get(finding_keys[j])
+        if mask is not None and mask.shape == (grid.Rows, grid.Columns):
+            cover[j] = grid.coverage_map(mask).ravel()
+        else:
+            cx, cy, w, h = (float(v) for v in boxes[j])
+            cover[j] = _box_cover(grid, cx, cy, w, h)
+    return cover
 
 
 def _box_cover(
@@ -321,6 +344,8 @@ def collate(
     grid_hw = torch.zeros((b, 2), dtype=torch.long)
     n_f = len(examples[0].finding_labels)
     mask_cover = torch.zeros((b, n_f, n_max), dtype=torch.float32)
+    m_max = max(e.cell_cover.shape[-1] for e in examples)
+    cell_cover = torch.zeros((b, n_f, m_max), dtype=torch.float32)
     for i, e in enumerate(examples):
         n = len(e.input_ids)
         input_ids[i, :n] = torch.tensor(e.input_ids)
@@ -338,6 +363,7 @@ def collate(
         grid_hw[i, 0] = e.image.grid.grid_h
         grid_hw[i, 1] = e.image.grid.grid_w
         mask_cover[i, :, : e.image.grid.num_patches] = torch.from_numpy(e.mask_cover)
+        cell_cover[i, :, : e.cell_cover.shape[-1]] = torch.from_numpy(e.cell_cover)
     return {
         "pixel_values": torch.from_numpy(patchify([e.image for e in examples], spec)),
         "image_grid_thw": torch.tensor([e.image.grid_thw for e in examples], dtype=torch.long),
@@ -356,6 +382,7 @@ def collate(
         "boxes": torch.from_numpy(np.stack([e.boxes for e in examples])),
         "box_known": torch.from_numpy(np.stack([e.box_known for e in examples])),
         "mask_cover": mask_cover,
+        "cell_cover": cell_cover,
         "mask_known": torch.from_numpy(np.stack([e.mask_known for e in examples])),
         "num_gaze_tokens": k,
     }

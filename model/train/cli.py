@@ -266,6 +266,14 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, for_ablation: bool = F
         "(default 16 32 64; none given: a plain ViT)",
     )
     parser.add_argument(
+        "--mask-decoder",
+        type=int,
+        default=32,
+        metavar="W",
+        help=f"{prefix}width of the finding masks' pixel decoder on the convolutional "
+        "branch's 4 px cells (default 32; 0: one mask logit per 28 px token)",
+    )
+    parser.add_argument(
         "--finding-pool",
         choices=FINDING_POOL_CHOICES,
         default="attention+global",
@@ -299,6 +307,7 @@ def recipe(args: argparse.Namespace, **fixed: Any) -> tuple[GazeXSettings, Train
     setting_names = {f.name for f in dataclasses.fields(GazeXSettings)}
     settings = GazeXSettings(
         conv_branch=tuple(args.conv_branch),
+        mask_decoder=args.mask_decoder if args.conv_branch else 0,
         detail_channel=args.detail_channel,
         finding_pool=args.finding_pool,
         **{k: v for k, v in fixed.items() if k in setting_names},

@@ -28,11 +28,12 @@ from model.calibration import (
 )
 from model.inference import InferenceEngine, RawOutput
 from model.overlay import PALETTE, load_font, overlay
-from model.predictor import build_result, finding_mask, visited_steps
+from model.predictor import build_result, output_mask, visited_steps
 from model.result import Box, ModelInfo, SourceImage
 from model.train.batching import key_fixations, report_text
 from model.train.gazedata.sample import GazeSample
 from model.train.gazedata.supervision import locate_points
+from model.train.gazedata.synth import generator_masks
 from model.train.metrics import (
     auroc,
     bleu4,
@@ -52,7 +53,7 @@ from model.train.metrics import (
     vqa_accuracy,
 )
 from model.train.progress import Progress
-from model.train.provenance import film_id, synthetic_seed, training_overlap
+from model.train.provenance import training_overlap
 
 logger = logging.getLogger(__name__)
 
@@ -139,34 +140,6 @@ def looked_at_regions(sample: GazeSample, output: RawOutput) -> list[str | None]
     return [region for region, _ in locate_points(sample, output.fixation_points())]
 
 
-def generator_masks(sample: GazeSample) -> Mapping[str, npt.NDArray[np.bool_]] | None:
-    """The synthetic generator's pixel mask of each finding the film shows, or None.
-
-    A sample generated in memory carries them. A film that ``gazex data synth`` wrote (id
-    ``synth-<seed>``) is re-rendered from its seed at its size: the dataset layouts have no
-    place for masks, and the case (anatomy, findings, masks) depends on the seed and size
-    only, not on the reader, so the masks come back bit for bit without a new file format
-    or regenerating the datasets already on disk. The re-rendered boxes must contain the
-    film's own; if they do not (the generator changed since the film was written), None.
-    """
-    if sample.masks is not None:
-        return sample.masks
-    seed = synthetic_seed(film_id(sample))
-    if seed is None:
-        return None
-    from model.train.gazedata.synth import render_case, sample_case
-
-    case = render_case(sample_case(seed), sample.height, sample.width)
-    rendered = {(b.key, b.x0, b.y0, b.x1, b.y1) for b in case.boxes}
-    if not {(b.key, b.x0, b.y0, b.x1, b.y1) for b in sample.boxes} <= rendered:
-        logger.warning(
-            "%s: the generator no longer draws this film's boxes; its masks are not scored",
-            sample.sample_id,
-        )
-        return None
-    return case.masks
-
-
 def mask_metrics(
     samples: Sequence[GazeSample],
     outputs: Sequence[RawOutput],
@@ -177,8 +150,8 @@ def mask_metrics(
 
     Scored: each finding with a box on the film (the findings grounding is scored on) that
     the film shows and the finding head calls present. The predicted mask is
-    :func:`model.predictor.finding_mask` of the model's mask probabilities inside its
-    predicted box; where it has none, the SEG carries the box's pixels, scored apart
+    :func:`model.predictor.output_mask` of the model's finest mask probabilities inside
+    its predicted box; where it has none, the SEG carries the box's pixels, scored apart
     (``mask_box_iou``) and together (``mask_seg_iou``). ``mask_in_box``: the share of the
     model's mask pixels inside their finding's box. Per finding (devices too, which have no
     box in the layouts and are not in the overall numbers): ``mask_iou`` and ``masks``.
@@ -208,7 +181,7 @@ def mask_metrics(
                 continue
             box = Box(*o.grid.denormalise_box(*(float(v) for v in o.boxes[i])))
             region = box_pixels((box.x0, box.y0, box.x1, box.y1), s.height, s.width)
-            mask = finding_mask(o.grid, o.mask_probs[i], box)
+            mask = output_mask(o, i, box)
             if mask is None:
                 iou = mask_iou(region, target)
             else:

@@ -62,6 +62,7 @@ from model.train.distributed import (
     sum_over_ranks,
 )
 from model.train.gazedata.sample import GazeSample
+from model.train.gazedata.synth import with_generator_masks
 from model.train.progress import Progress
 from model.train.provenance import film_id, training_record
 
@@ -192,6 +193,7 @@ def example_of(
         rng=rng,
         max_vqa=max_vqa,
         max_report_tokens=settings.max_report_tokens,
+        mask_cells=settings.mask_cells,
     )
 
 
@@ -246,9 +248,10 @@ def streamed_batches(
     chunk: list[GazeSample] = []
 
     def batch() -> LocalBatch:
+        films = with_generator_masks(chunk) if settings.mask_decoder else chunk
         examples = [
             example_of(s, prepare_image(s.image, spec), codec, settings, rng, max_vqa)
-            for s in chunk
+            for s in films
         ]
         return LocalBatch(examples, len(examples) * world_size)
 
@@ -429,7 +432,8 @@ def train(
         prepared = prepare_probe(train_samples, settings)
         train_count = stream.per_rank * dist.world_size
     else:
-        prepared = prepare_samples(train_samples, settings)
+        with_masks = with_generator_masks(train_samples) if settings.mask_decoder else train_samples
+        prepared = prepare_samples(with_masks, settings)
         train_count = len(prepared)
     total_epochs = config.gaze_epochs + config.multitask_epochs
     steps_per_epoch = global_steps(train_count, config.batch_size, dist.world_size)
@@ -701,6 +705,8 @@ def _config_key(
         key["detail_channel"] = True
     if settings.conv_branch:
         key["conv_branch"] = list(settings.conv_branch)
+    if settings.mask_decoder:
+        key["mask_decoder"] = settings.mask_decoder
     key["num_gaze_tokens"] = settings.num_gaze_tokens
     key["max_pixels"] = settings.max_pixels
     return key

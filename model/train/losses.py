@@ -23,7 +23,7 @@ def forward_batch(model: GazeXModel, batch: dict[str, Any], own_gaze: bool = Fal
     """
     input_ids: torch.Tensor = batch["input_ids"]
     attention_mask: torch.Tensor = batch["attention_mask"]
-    feats = model.image_features(batch["pixel_values"], batch["image_grid_thw"])
+    feats, maps = model.encode_images(batch["pixel_values"], batch["image_grid_thw"])
     embeds = model.embed_tokens(input_ids)
     image_positions = input_ids == model.image_token_id
     embeds = embeds.masked_scatter(image_positions[..., None], torch.cat(feats).to(embeds.dtype))
@@ -55,6 +55,7 @@ def forward_batch(model: GazeXModel, batch: dict[str, Any], own_gaze: bool = Fal
     finding_logits, mask_logits, boxes = model.finding_outputs(
         h_end, h_img, img_mask, batch["grid_hw"]
     )
+    cells = model.cell_masks(maps, h_end, h_img, mask_logits, batch["grid_hw"])
     del d
     return HeadOutputs(
         gaze_logits=gaze_logits,
@@ -65,6 +66,8 @@ def forward_batch(model: GazeXModel, batch: dict[str, Any], own_gaze: bool = Fal
         mask_logits=mask_logits,
         boxes=boxes,
         lm_logits=model.lm_logits(hidden),
+        cell_mask_logits=None if cells is None else cells[0],
+        cell_valid=None if cells is None else cells[1],
     )
 
 
@@ -231,6 +234,10 @@ def compute_losses(
         < (batch["grid_hw"][:, 0] * batch["grid_hw"][:, 1])[:, None, None]
     )
     losses["mask"] = 0.5 * masked_bce(out.mask_logits, batch["mask_cover"], mask_valid)
+    if out.cell_mask_logits is not None and out.cell_valid is not None:
+        losses["cell_mask"] = cell_mask_loss(
+            out.cell_mask_logits, batch["cell_cover"], batch["mask_known"], out.cell_valid
+        )
     assert out.lm_logits is not None
     logits = out.lm_logits[:, :-1].flatten(0, 1)
     labels = batch["lm_labels"][:, 1:].flatten()
@@ -269,6 +276,24 @@ def soft_cross_entropy(
     if not bool(valid.any()):
         return logits.sum() * 0.0
     return per[valid].mean()
+
+
+def cell_mask_loss(
+    logits: torch.Tensor, cover: torch.Tensor, known: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """The mask decoder's loss: per-cell BCE against the cells' coverage, plus a soft Dice
+    loss on each mask that has a finding in it (a lesion covers a few per cent of the cells,
+    so the BCE alone is content with a mask that misses its edge)."""
+    cells = known[..., None] & valid[:, None, :]
+    bce = masked_bce(logits, cover, cells)
+    present = known & (cover.sum(-1) > 0)
+    if not bool(present.any()):
+        return bce
+    prob = torch.sigmoid(logits.float()) * valid[:, None, :]
+    overlap = (prob * cover).sum(-1)[present]
+    total = (prob + cover).sum(-1)[present]
+    dice = 1.0 - (2.0 * overlap + 1.0) / (total + 1.0)
+    return bce + dice.mean()
 
 
 def masked_bce(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

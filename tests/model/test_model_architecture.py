@@ -55,8 +55,44 @@ def test_conv_branch_sees_each_film_as_the_model_input() -> None:
     for film, got in zip(films, unpacked, strict=True):
         np.testing.assert_allclose(got.numpy().transpose(1, 2, 0), film, atol=1e-5)
     tokens = model.image_features(pixel_values, grid_thw)
-    extra = branch(pixel_values, grid_thw)
+    extra, maps = branch(pixel_values, grid_thw)
     assert [e.shape for e in extra] == [t.shape for t in tokens]
+    cells = branch.cells
+    assert cells == SETTINGS.patch_size * SETTINGS.merge_size // 4  # two 2x2 pools
+    for (_, gh, gw), feature_map in zip(grid_thw.tolist(), maps, strict=True):
+        m = SETTINGS.merge_size
+        assert feature_map.shape == (8, gh // m * cells, gw // m * cells)
+
+
+def test_mask_decoder_gives_each_film_its_cell_grid() -> None:
+    """Two films of different shapes in one batch: each gets one mask logit per cell of its
+    own subdivided token grid, row-major, and the padding beyond is marked invalid; at the
+    first step the query term is small, so a cell's logit is near its token's."""
+    settings = dataclasses.replace(SETTINGS, mask_decoder=8)
+    assert settings.mask_cells == 7
+    model = _model(settings)
+    _, pixel_values, grid_thw = _batch(settings)
+    feats, maps = model.encode_images(pixel_values, grid_thw)
+    n = [int(f.shape[0]) for f in feats]
+    h_img = torch.zeros(2, max(n), model.hidden_size)
+    for i, f in enumerate(feats):
+        h_img[i, : n[i]] = f
+    grid_hw = torch.tensor([[gh // 2, gw // 2] for _, gh, gw in grid_thw.tolist()])
+    token_logits = torch.randn(2, len(settings.finding_keys), max(n))
+    cells = model.cell_masks(maps, torch.zeros(2, model.hidden_size), h_img, token_logits, grid_hw)
+    assert cells is not None
+    logits, valid = cells
+    sizes = [int(gh * gw) * 49 for gh, gw in grid_hw.tolist()]
+    assert logits.shape == (2, len(settings.finding_keys), max(sizes))
+    assert valid.sum(-1).tolist() == sizes
+    # The cell at the centre of token (r, c) carries that token's logit plus the query term.
+    gw = int(grid_hw[0, 1])
+    r, c = 1, 2
+    centre = (r * 7 + 3) * gw * 7 + c * 7 + 3
+    residual = logits[0, :, centre] - token_logits[0, :, r * gw + c]
+    assert residual.abs().max() < 1.0
+    with pytest.raises(ValueError, match="convolutional branch"):
+        GazeXSettings(mask_decoder=8)
 
 
 def test_conv_branch_starts_as_a_no_op_so_a_backbone_keeps_its_tokens() -> None:

@@ -169,7 +169,7 @@ def _assert_labels_apart(plan: OverlayLayout) -> None:
 
 def test_finding_box_is_labelled_with_name_and_probability() -> None:
     """A present finding's box is drawn scaled to the canvas, with its name and probability
-    in a tag that overlaps no fixation label."""
+    (in the one label format of every output) in a tag that overlaps no fixation label."""
     box = Box(40.0, 60.0, 160.0, 150.0)
     result = make_result(200, 200, [(100, 100), (120, 90)], box=box)
     plan = layout((200, 200), result)
@@ -177,7 +177,8 @@ def test_finding_box_is_labelled_with_name_and_probability() -> None:
     assert mark.rect == pytest.approx(
         (40 * plan.scale, 60 * plan.scale, 160 * plan.scale, 150 * plan.scale)
     )
-    assert mark.label.text == f"{FINDINGS[0].code.meaning} 0.870"
+    # The label the SR, OHIF's panel and the GSPS show too (model.result.finding_label).
+    assert mark.label.text == f"{FINDINGS[0].code.meaning} 87 %"
     assert [e.kind for e in plan.legend][-1] == "box"
     _assert_labels_apart(plan)
 

@@ -130,6 +130,46 @@ def test_constrained_scanpath_is_a_complete_ordered_review(
     ]
 
 
+def test_a_step_the_atlas_has_no_token_for_is_still_visited(
+    tiny_checkpoint: Path, films: list[GazeSample], tmp_path: Path
+) -> None:
+    """A film framed unlike the training films can leave a step without any confident atlas
+    cell on its grid. The step keeps its place in the schedule (the review stays complete
+    and ordered); its fixation is wherever the pointer looks, never the previous token
+    again, at the token centre, labelled by the region head."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint, ckpt)
+    settings = GazeXSettings.from_json((ckpt / SETTINGS_FILE).read_text())
+    write_anatomy_prior(ckpt, fit_anatomy_prior(films[:40], settings))
+    model = GazeXModel.load(ckpt)
+    engine = InferenceEngine(model, torch.device("cpu"))
+    fitted = engine.prior
+    assert fitted is not None
+    e = STEPS.index(Step.EXTERNAL)
+    atlas = fitted.atlas.copy()
+    for i, region in enumerate(fitted.regions):
+        if region in step_regions(Step.EXTERNAL):
+            atlas[..., i] = 0.0
+    engine.prior = replace(fitted, atlas=atlas)
+    engine._plans.clear()
+    outputs = engine.run([f.image for f in films[40:43]], generate_text=False)
+    k = model.settings.num_gaze_tokens
+    scheduled = [fitted.schedule[j * len(fitted.schedule) // k] for j in range(k)]
+    assert Step.EXTERNAL in scheduled
+    for out in outputs:
+        assert [STEPS[s] for s in out.steps] == scheduled
+        for j, (s, p) in enumerate(zip(out.steps, out.patch_indices, strict=True)):
+            if s != e:
+                continue
+            r, c = divmod(p, out.grid.grid_w)
+            u, v = out.points[j]
+            assert (u, v) == pytest.approx(
+                ((c + 0.5) / out.grid.grid_w, (r + 0.5) / out.grid.grid_h)
+            )
+            assert 0 <= out.regions[j] < len(model.settings.regions)
+            assert j == 0 or p != out.patch_indices[j - 1]
+
+
 def test_regions_of_the_default_steps_cover_every_region() -> None:
     """Every Chest ImaGenome region belongs to the regions of some step's mask."""
     assert set(REGION_STEP) == set().union(

@@ -16,14 +16,12 @@ from sr_cases import Case
 
 from model.abcdef import STEPS
 from model.findings import Code
-from model.result import Box, DomainCheck, InferenceResult
+from model.result import Box, DomainCheck, InferenceResult, finding_label, percent
 from sr_templates import codes
 from sr_templates.content import (
     box_polyline,
-    finding_label,
     fixation_radius,
     intended_use_statement,
-    percent,
 )
 from sr_templates.enum import ObjectKindValues
 from sr_templates.sr import build_findings_sr, build_trajectory_sr
@@ -159,7 +157,7 @@ def test_boxed_findings_carry_what_ohif_loads_into_its_panel(
     """What OHIF 3.13.2 needs to list a group in its measurement panel: the group's NUM
     INFERRED FROM the same box, as a SCOORD "Source of Measurement" SELECTED FROM the
     source image (TID 300/320), and a TEXT (121106, DCM, "Comment") with the finding's name
-    and probability (``content.finding_label``), its label; the coded Finding and the tracking
+    and probability (``model.result.finding_label``), its label; the coded Finding and the tracking
     identifier stay as they were."""
     case, report = _report_case(cases, name)
     by_code = {(f.code.value, f.code.scheme): f for f in case.result.findings}

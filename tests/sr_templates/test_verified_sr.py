@@ -34,9 +34,9 @@ from sr_cases import issue_lines
 from test_sr_validators import ACCEPTED_DCIODVFY_WARNINGS, ACCEPTED_PIXELMED_ERRORS
 
 from model.findings import FINDINGS_BY_KEY
-from model.result import Box, InferenceResult
+from model.result import Box, InferenceResult, percent
 from sr_templates import codes
-from sr_templates.content import box_polyline, percent
+from sr_templates.content import box_polyline
 from sr_templates.review import (
     Decision,
     FindingDecision,

@@ -48,7 +48,7 @@ from ohifkit import copy_artefacts
 from pydicom import dcmread
 from result_study import ResultStudy
 
-from sr_templates.content import percent
+from model.result import percent
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.viewer]
 

@@ -27,8 +27,8 @@ only inside the removed findings' boxes.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,7 @@ from model.train.gazedata.pathology import FindingSpec, render_finding, sample_f
 from model.train.gazedata.reports import build_report, build_vqa
 from model.train.gazedata.sample import GazeSample, LabeledBox
 from model.train.gazedata.simulated_readers import READERS, READERS_BY_ID, ReaderStyle, read_case
+from model.train.provenance import film_id, synthetic_seed
 
 logger = logging.getLogger(__name__)
 
@@ -261,3 +262,36 @@ def generate_samples(
     """``n`` samples with seeds ``seed, seed + 1, ...``."""
     for i in range(n):
         yield generate_sample(seed + i, size=size, reader=reader)
+
+
+def generator_masks(sample: GazeSample) -> Mapping[str, npt.NDArray[np.bool_]] | None:
+    """The synthetic generator's pixel mask of each finding the film shows, or None.
+
+    A sample generated in memory carries them. A film that ``gazex data synth`` wrote (id
+    ``synth-<seed>``) is re-rendered from its seed at its size: the dataset layouts have no
+    place for masks, and the case (anatomy, findings, masks) depends on the seed and size
+    only, not on the reader, so the masks come back bit for bit without a new file format
+    or regenerating the datasets already on disk. The re-rendered boxes must contain the
+    film's own; if they do not (the generator changed since the film was written), None.
+    A real film has none.
+    """
+    if sample.masks is not None:
+        return sample.masks
+    seed = synthetic_seed(film_id(sample))
+    if seed is None:
+        return None
+    case = render_case(sample_case(seed), sample.height, sample.width)
+    rendered = {(b.key, b.x0, b.y0, b.x1, b.y1) for b in case.boxes}
+    if not {(b.key, b.x0, b.y0, b.x1, b.y1) for b in sample.boxes} <= rendered:
+        logger.warning(
+            "%s: the generator no longer draws this film's boxes; its masks are not used",
+            sample.sample_id,
+        )
+        return None
+    return case.masks
+
+
+def with_generator_masks(samples: Sequence[GazeSample]) -> list[GazeSample]:
+    """``samples`` with the generator's pixel masks attached where it can redraw them (the
+    mask decoder's targets on synthetic films; real films keep their boxes as targets)."""
+    return [s if s.masks is not None else replace(s, masks=generator_masks(s)) for s in samples]

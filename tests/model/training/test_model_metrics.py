@@ -13,11 +13,11 @@ from model.abcdef import STEPS, Step
 from model.geometry import PatchGrid
 from model.inference import RawOutput
 from model.train.datasets import load_split
-from model.train.evaluate import generator_masks, looked_at_steps, mask_metrics
+from model.train.evaluate import looked_at_steps, mask_metrics
 from model.train.gazedata.mimic_eye import write_mimic_eye
 from model.train.gazedata.sample import LabeledBox
 from model.train.gazedata.supervision import locate_points
-from model.train.gazedata.synth import generate_sample
+from model.train.gazedata.synth import generate_sample, generator_masks, with_generator_masks
 from model.train.metrics import (
     auroc,
     bleu4,
@@ -164,6 +164,10 @@ def test_generator_masks_come_back_from_a_written_films_seed(tmp_path: Path) -> 
     assert generator_masks(moved) is None
     other = replace(loaded, sample_id="P1", meta={"dicom_id": "real-film-1"})
     assert generator_masks(other) is None
+    # What `gazex train` gives the mask decoder: the masks where they come back, else none.
+    trained, real = with_generator_masks([loaded, other])
+    assert trained.masks is not None and trained.masks.keys() == masks.keys()
+    assert real.masks is None
 
 
 def test_mask_metrics_score_the_model_mask_and_the_box_fallback() -> None:

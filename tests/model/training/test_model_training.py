@@ -275,8 +275,8 @@ def test_key_fixations_keep_the_device_check_of_a_normal_film() -> None:
 
 
 @pytest.mark.parametrize(
-    ("finding_pool", "detail_channel", "conv_branch"),
-    [("attention+global", False, (4, 8)), ("attention", True, ())],
+    ("finding_pool", "detail_channel", "conv_branch", "mask_decoder"),
+    [("attention+global", False, (4, 8), 8), ("attention", True, (), 0)],
 )
 def test_finding_head_options_train_save_and_load(
     tiny_samples: list[GazeSample],
@@ -284,18 +284,24 @@ def test_finding_head_options_train_save_and_load(
     finding_pool: str,
     detail_channel: bool,
     conv_branch: tuple[int, ...],
+    mask_decoder: int,
 ) -> None:
     """The global finding evidence, the convolutional branch (batch norm statistics
-    included) and the detail input channel train, survive a save/load with the same
-    outputs, and leave the default settings unchanged."""
+    included), the mask decoder and the detail input channel train, survive a save/load
+    with the same outputs, and leave the default settings unchanged."""
     import dataclasses
     import random
 
     assert GazeXSettings().finding_pool == "attention"
     assert not GazeXSettings().detail_channel
     assert GazeXSettings().conv_branch == ()
+    assert GazeXSettings().mask_decoder == 0
     settings = dataclasses.replace(
-        SETTINGS, finding_pool=finding_pool, detail_channel=detail_channel, conv_branch=conv_branch
+        SETTINGS,
+        finding_pool=finding_pool,
+        detail_channel=detail_channel,
+        conv_branch=conv_branch,
+        mask_decoder=mask_decoder,
     )
     codec = TextCodec(train_tokenizer(corpus(tiny_samples), vocab_size=400))
     torch.manual_seed(0)
@@ -308,13 +314,17 @@ def test_finding_head_options_train_save_and_load(
     plain = collate(batches[0], model.codec, settings.num_gaze_tokens, SETTINGS.patch_spec)
     assert detail_channel == (not torch.equal(batch["pixel_values"], plain["pixel_values"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    first = compute_losses(model, batch, "multitask")["finding"].item()
+    first = compute_losses(model, batch, "multitask")
+    assert ("cell_mask" in first) == bool(mask_decoder)
     for _ in range(10):
         losses = compute_losses(model, batch, "multitask")
         optimizer.zero_grad()
         sum(losses.values()).backward()  # type: ignore[union-attr]
         optimizer.step()
-    assert compute_losses(model, batch, "multitask")["finding"].item() < first
+    last = compute_losses(model, batch, "multitask")
+    assert last["finding"].item() < first["finding"].item()
+    if mask_decoder:
+        assert last["cell_mask"].item() < first["cell_mask"].item()
     model.save(tmp_path)
     again = GazeXModel.load(tmp_path)
     assert again.settings == model.settings
@@ -325,6 +335,10 @@ def test_finding_head_options_train_save_and_load(
     b = InferenceEngine(again, torch.device("cpu")).run(images)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_allclose(x.probabilities, y.probabilities, rtol=1e-5, atol=1e-6)
+        grid, masks = x.finest_masks()
+        assert masks.shape == (len(settings.finding_keys), grid.num_patches)
+        assert grid == x.grid.subdivided(settings.mask_cells)
+        np.testing.assert_allclose(masks, y.finest_masks()[1], rtol=1e-5, atol=1e-6)
 
 
 def test_gaze_label_weights_favour_rare_steps(tiny_samples: list[GazeSample]) -> None:
@@ -369,3 +383,41 @@ def test_thresholds_maximise_f1_and_sit_mid_way_when_several_do() -> None:
     overlapping = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.62, 0.61, 0.7, 0.8, 0.9])
     assert f1_threshold(labels, overlapping) == pytest.approx(0.55)
     assert f1_threshold(np.zeros(4, dtype=bool), np.full(4, 0.3)) == 0.5
+
+
+def test_mask_decoder_targets_are_the_pixel_masks_else_the_boxes(
+    tiny_samples: list[GazeSample],
+) -> None:
+    """On the cell grid a synthetic film's targets are its lesions' pixel coverage (a
+    round nodule leaves its box's corners empty); a film without pixel masks (the real
+    datasets) falls back to its boxes, which cover their cells whole."""
+    import dataclasses
+    import random
+
+    from model.imaging import prepare_image
+    from model.train.loop import example_of
+
+    settings = dataclasses.replace(SETTINGS, conv_branch=(4, 8), mask_decoder=8)
+    codec = TextCodec(train_tokenizer(corpus(tiny_samples[:2]), vocab_size=300))
+    sample = next(s for s in tiny_samples if s.masks and s.boxes)
+    image = prepare_image(sample.image, settings.patch_spec)
+    cells = image.grid.subdivided(settings.mask_cells)
+
+    def example(s: GazeSample) -> tuple[np.ndarray, np.ndarray]:
+        e = example_of(s, image, codec, settings, random.Random(0), max_vqa=1)
+        assert e.cell_cover.shape == (len(settings.finding_keys), cells.num_patches)
+        return e.cell_cover, e.mask_known
+
+    box = sample.boxes[0]
+    i = settings.finding_keys.index(box.key)
+    assert sample.masks is not None
+    cover, known = example(sample)
+    np.testing.assert_allclose(cover[i], cells.coverage_map(sample.masks[box.key]).ravel())
+    assert known[i]
+    boxed, known = example(dataclasses.replace(sample, masks=None))
+    assert known[i]
+    inside = boxed[i].reshape(cells.grid_h, cells.grid_w)
+    x = (box.x0 + box.x1) / 2 * cells.grid_w / cells.Columns
+    y = (box.y0 + box.y1) / 2 * cells.grid_h / cells.Rows
+    assert inside[int(y), int(x)] == pytest.approx(1.0)
+    assert boxed[i].sum() > cover[i].sum()  # the box claims more than the lesion
