@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import socket
 import subprocess
 import time
@@ -26,10 +27,27 @@ from dicom_node.scp.server import Node
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range. A port from ``bind(0)`` is
+    ephemeral: between this call and the node's bind, an outgoing connection (the node's own
+    to PostgreSQL or RabbitMQ) could take it as its source port, which a loaded CI run did."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(10000, max(_ephemeral_low(), 10001))
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free loopback port below the ephemeral range")
 
 
 def wait_port(port: int, timeout: float = 60.0) -> None:
