@@ -8,12 +8,12 @@ Use as a context manager; ``upload_film`` and ``add_results`` fill it.
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from nodekit import free_port
 from pydicom import dcmread
 from pynetdicom import AE
 from sqlalchemy import select
@@ -23,12 +23,6 @@ from dicom_node.db.models import Analysis, AnalysisState, Output, Study, utcnow
 from dicom_node.dicomweb.auth import Credentials
 from dicom_node.scp.server import Node
 from dicom_node.settings import load_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NodeDicomWeb:
@@ -44,7 +38,7 @@ class NodeDicomWeb:
             home=folder / "home",
             database__url=url,
             node__bind="127.0.0.1",
-            node__port=_free_port(),
+            node__port=free_port(),
             http__bind="127.0.0.1",
             http__port=0,
             completion__quiet_period=0.2,

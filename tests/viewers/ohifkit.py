@@ -26,7 +26,6 @@ import http.server
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from nodekit import free_port
 
 VIEWERS = Path(__file__).resolve().parent
 OHIF_DIST = VIEWERS / "node_modules" / "@ohif" / "app" / "dist"
@@ -70,12 +71,6 @@ def missing_tools() -> list[str]:
     return missing
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- Orthanc ----------------------------------------------------------------------------
 
 
@@ -84,7 +79,7 @@ class Orthanc:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = _free_port()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
